@@ -1,0 +1,77 @@
+"""Ingestion speed: ExampleGen against the seed's way of reading FER2013, in one run.
+
+Baseline (what a seed user writes): pandas.read_csv, then np.array(s.split(), dtype=np.uint8)
+per pixel string, everything in memory, nothing validated or written.
+ExampleGen: the Beam pipeline with validation, quarantine, gzip TFRecord writing and the
+row-count reconciliation, once per Beam configuration given.
+
+    python bench/ingest.py [--rows 35900] [--seed 1]
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import example_gen
+from pipeline import default_data
+from pipeline.config import IngestConfig
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+CONFIGS = {
+    "ExampleGen, DirectRunner in_memory, 1 worker": [
+        "--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"],
+    "ExampleGen, DirectRunner multi_processing, 2 workers": [
+        "--runner=DirectRunner", "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing"],
+}
+
+
+def baseline(path: Path) -> int:
+    frame = pd.read_csv(path)
+    images = np.stack([np.array(s.split(), dtype=np.uint8) for s in frame["pixels"]])
+    labels = frame["emotion"].to_numpy()
+    assert images.shape == (len(labels), 2304)
+    return len(labels)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=35900, help="FER2013 has 35,887")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    data = CACHE / f"synthetic_faces_{args.rows}_seed{args.seed}.csv"
+    if not data.exists():
+        print(f"drawing {args.rows:,} faces into {data} (once) ...", flush=True)
+        default_data.write_csv(data, args.rows, args.seed)
+    size_mb = data.stat().st_size / 1e6
+    print(f"input: {data.name}, {args.rows:,} rows, {size_mb:.0f} MB, {os.cpu_count()} cores")
+
+    start = time.perf_counter()
+    rows = baseline(data)
+    base_s = time.perf_counter() - start
+    base_rate = rows / base_s
+    print(f"{'variant':55s} {'seconds':>8s} {'rows/s':>8s} {'ratio':>6s}")
+    print(f"{'baseline: pandas read_csv + per-row split':55s} {base_s:8.1f} {base_rate:8.0f} "
+          f"{1.0:6.2f}")
+
+    config = IngestConfig.load()
+    for name, beam_args in CONFIGS.items():
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            counts = example_gen.run(str(data), out, config, beam_args)
+            seconds = time.perf_counter() - start
+        written = sum(counts["written"].values())
+        assert written == rows, (written, rows)
+        rate = rows / seconds
+        print(f"{name:55s} {seconds:8.1f} {rate:8.0f} {rate / base_rate:6.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

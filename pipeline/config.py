@@ -1,0 +1,88 @@
+"""Configuration is data: JSON files under schemas/, loaded and checked here."""
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def load_json(name: str, path: str | Path | None = None) -> dict:
+    """Read one config file (default: schemas/<name>), with a readable error if it is broken."""
+    path = Path(path) if path else SCHEMAS_DIR / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"Config file {path} does not exist. Restore it from the repository "
+                        f"(git checkout -- schemas/{name}) or pass an existing file.") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"Config file {path} is not valid JSON ({e.msg} at line {e.lineno}, "
+                        f"column {e.colno}). Fix the file and run again.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """How FER CSV rows become examples: columns, classes, splits and bad-row limits."""
+
+    classes: tuple[str, ...]
+    image_size: int
+    label_column: str
+    pixels_column: str
+    usage_column: str
+    usage_to_split: dict[str, str]
+    hash_split: dict[str, float]
+    max_bad_row_fraction: float
+    chunk_bytes: int
+    records_per_shard: int
+    max_line_bytes: int
+    quarantine_row_chars: int
+
+    @property
+    def n_pixels(self) -> int:
+        return self.image_size * self.image_size
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.hash_split)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides) -> "IngestConfig":
+        raw = load_json("ingest.json", path)
+        where = path or SCHEMAS_DIR / "ingest.json"
+        try:
+            cfg = cls(
+                classes=tuple(raw["classes"]),
+                image_size=int(raw["image_size"]),
+                label_column=raw["columns"]["label"],
+                pixels_column=raw["columns"]["pixels"],
+                usage_column=raw["columns"]["usage"],
+                usage_to_split=dict(raw["usage_to_split"]),
+                hash_split={k: float(v) for k, v in raw["hash_split"].items()},
+                max_bad_row_fraction=float(raw["max_bad_row_fraction"]),
+                chunk_bytes=int(raw["chunk_bytes"]),
+                records_per_shard=int(raw["records_per_shard"]),
+                max_line_bytes=int(raw["max_line_bytes"]),
+                quarantine_row_chars=int(raw["quarantine_row_chars"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"Config file {where} is missing or mistypes the entry {e}. "
+                            f"Compare it with the copy in the repository.") from None
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        cfg.check(where)
+        return cfg
+
+    def check(self, where) -> None:
+        problems = []
+        if set(self.usage_to_split.values()) != set(self.hash_split):
+            problems.append("usage_to_split must map onto exactly the splits named in hash_split")
+        if any(r < 0 for r in self.hash_split.values()) or not math.isclose(
+                sum(self.hash_split.values()), 1.0, abs_tol=1e-6):
+            problems.append(f"hash_split ratios must be >= 0 and sum to 1 (got {self.hash_split})")
+        if not 0 <= self.max_bad_row_fraction <= 1:
+            problems.append(f"max_bad_row_fraction must lie in [0, 1] (got {self.max_bad_row_fraction})")
+        if len(self.classes) < 2:
+            problems.append("classes must name at least two classes")
+        if problems:
+            raise UserError(f"Ingestion config {where} is inconsistent: " + "; ".join(problems) + ".")

@@ -1,0 +1,197 @@
+"""The FER2013 CSV format: one definition of a valid header and a valid row.
+
+ExampleGen, the TFDS builder and the benchmarks all read rows through this
+module, so they accept and reject exactly the same rows for the same reasons.
+"""
+import csv
+import dataclasses
+import gzip
+import hashlib
+import io
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from pipeline.config import IngestConfig
+from pipeline.errors import UserError
+
+GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER_BYTES = 64 * 1024
+_PIXEL_CHARS = b"0123456789 \t"
+
+
+class RowError(ValueError):
+    """A row that is not a valid FER example; str(error) is the quarantine reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the columns of one file are (files of one dataset may order them differently)."""
+
+    names: tuple[str, ...]
+    label: int
+    pixels: int
+    usage: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TooLongLine:
+    """A physical line longer than any valid row; only its head is kept."""
+
+    head: bytes
+    length: int
+
+
+def open_binary(path: str) -> tuple[BinaryIO, bool]:
+    """Open a local or remote (gs://, s3://, hdfs://) file; return it and whether it is gzip.
+
+    Gzip is detected by content, not by name, so a compressed shard without
+    the .gz suffix is still read correctly.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    magic = raw.read(4)
+    raw.seek(0)
+    if magic.startswith(GZIP_MAGIC):
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 20), True
+    if magic == _ZIP_MAGIC:
+        raw.close()
+        raise UserError(f"{path} is a ZIP archive. Unzip it and pass the CSV inside "
+                        f"(gzip-compressed .csv.gz files are read directly).")
+    return raw, False
+
+
+def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, int]:
+    """Parse the header line; return the layout and the header's length in bytes."""
+    expected = f"{config.label_column},{config.pixels_column},{config.usage_column}"
+    try:
+        line = f.readline(_MAX_HEADER_BYTES)
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path} cannot be read ({e}). If it is meant to be gzip-compressed it is "
+                        f"damaged: compress the CSV again, or pass the uncompressed file.") from None
+    if not line:
+        raise UserError(f"{path} is empty. A FER CSV starts with the header line '{expected}' "
+                        f"followed by one row per image; pass a file that holds data.")
+    if len(line) >= _MAX_HEADER_BYTES and not line.endswith(b"\n"):
+        raise UserError(f"{path} does not start with a CSV header: its first line is longer than "
+                        f"{_MAX_HEADER_BYTES // 1024} KB. A FER CSV starts with the line "
+                        f"'{expected}'; check that this is the right file and that it has line breaks.")
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise UserError(f"{path} is not a text CSV file (its first line holds binary data). "
+                        f"Pass the FER CSV itself, plain or gzip-compressed.")
+    names = tuple(n.strip() for n in next(csv.reader([text.rstrip("\r\n")]), []))
+    lowered = [n.lower() for n in names]
+
+    def find(column: str) -> int | None:
+        return lowered.index(column.lower()) if column.lower() in lowered else None
+
+    label, pixels, usage = (find(c) for c in
+                            (config.label_column, config.pixels_column, config.usage_column))
+    if label is None or pixels is None:
+        missing = [c for c, i in ((config.label_column, label), (config.pixels_column, pixels))
+                   if i is None]
+        hint = (" The first line looks like a data row: the file has no header; insert the line "
+                f"'{expected}' at the top." if names and names[0].isdigit() else "")
+        raise UserError(f"{path} has the header {text.strip()[:200]!r}, which lacks the column(s) "
+                        f"{', '.join(missing)}. A FER CSV starts with '{expected}' (the "
+                        f"{config.usage_column} column is optional; any column order works).{hint}")
+    return Layout(names, label, pixels, usage), len(line)
+
+
+def split_fields(body: bytes) -> list[bytes]:
+    """CSV fields of one line; the csv module only when quotes make it necessary."""
+    if b'"' not in body:
+        return body.split(b",")
+    text = body.decode("utf-8", errors="replace")
+    return [s.encode("utf-8") for s in next(csv.reader([text]), [])]
+
+
+def parse_row(body: bytes, layout: Layout, config: IngestConfig
+              ) -> tuple[str, int, np.ndarray]:
+    """Return (split, label, pixels as int64[n_pixels]) or raise RowError with the reason."""
+    fields = split_fields(body)
+    if len(fields) != len(layout.names):
+        raise RowError(f"expected {len(layout.names)} fields ({','.join(layout.names)}), "
+                       f"found {len(fields)}")
+    raw_label = fields[layout.label].strip()
+    if not raw_label:
+        raise RowError(f"empty {config.label_column}")
+    if not raw_label.isdigit() or int(raw_label) >= len(config.classes):
+        raise RowError(f"{config.label_column} {_show(raw_label)} is not a class id "
+                       f"0-{len(config.classes) - 1}")
+    label = int(raw_label)
+
+    pixels_text = fields[layout.pixels].strip()
+    if not pixels_text:
+        raise RowError(f"empty {config.pixels_column}")
+    if pixels_text.translate(None, _PIXEL_CHARS):
+        bad = next(t for t in pixels_text.split() if t.translate(None, _PIXEL_CHARS))
+        raise RowError(f"{config.pixels_column} holds the non-integer value {_show(bad)}")
+    # Safe: only digits and whitespace remain, so fromstring cannot stop early.
+    pixels = np.fromstring(pixels_text, dtype=np.int64, sep=" ")
+    if pixels.size != config.n_pixels:
+        raise RowError(f"found {pixels.size} pixel values, expected {config.n_pixels} "
+                       f"({config.image_size}x{config.image_size})")
+    if pixels.max() > 255:
+        at = int(np.argmax(pixels > 255))
+        raise RowError(f"pixel {at} has the value {pixels[at]}, outside 0-255")
+
+    if layout.usage is None:
+        return hash_split(pixels, config), label, pixels
+    usage = fields[layout.usage].strip().decode("utf-8", errors="replace")
+    split = config.usage_to_split.get(usage)
+    if split is None:
+        raise RowError(f"{config.usage_column} {usage!r} is not one of "
+                       f"{', '.join(config.usage_to_split)}")
+    return split, label, pixels
+
+
+def hash_split(pixels: np.ndarray, config: IngestConfig) -> str:
+    """Deterministic split from the image content: identical images always share a split."""
+    digest = hashlib.md5(pixels.astype(np.uint8).tobytes()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    edge = 0.0
+    for split, share in config.hash_split.items():
+        edge += share
+        if point < edge:
+            return split
+    return split
+
+
+def read_lines(f: BinaryIO, first_line: int, end: int | None, max_line_bytes: int
+               ) -> Iterator[tuple[int, bytes | TooLongLine]]:
+    """Yield (line number, line without its line break) from f's position up to byte `end`.
+
+    Memory stays bounded by max_line_bytes even for a gigabyte line: the rest of
+    an over-long line is read in pieces and only its length is kept.
+    """
+    pos, number = 0, first_line
+    while end is None or pos < end:
+        line = f.readline(max_line_bytes + 1)
+        if not line:
+            return
+        pos += len(line)
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            head, length = line, len(line)
+            while not line.endswith(b"\n"):
+                line = f.readline(1 << 20)
+                if not line:
+                    break
+                length += len(line)
+                pos += len(line)
+            yield number, TooLongLine(head, length)
+        else:
+            yield number, line.rstrip(b"\r\n")
+        number += 1
+
+
+def _show(value: bytes, limit: int = 40) -> str:
+    text = value.decode("utf-8", errors="replace")
+    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -1,0 +1,33 @@
+"""Install the FER pipeline. Every dependency is pinned here, and only here.
+
+The set below resolves in a few minutes on Python 3.11 (left unpinned, pip
+backtracks for a long time through TFX's dependency graph).
+"""
+from setuptools import find_packages, setup
+
+PINS = [
+    "tensorflow==2.16.2",
+    "keras==3.15.1",
+    "tf-keras==2.16.0",
+    "tensorflow-data-validation==1.16.1",
+    "tensorflow-model-analysis==0.47.1",
+    "tfx-bsl==1.16.1",
+    "tensorflow-metadata==1.16.1",
+    "apache-beam[gcp]==2.61.0",
+    "tensorflow-datasets==4.9.6",
+    "importlib_resources==7.1.0",  # imported by tensorflow-datasets 4.9.6, not declared by it
+    "ml-metadata==1.16.0",
+    "numpy==1.26.4",
+    "pandas==1.5.3",
+    "matplotlib==3.11.2",
+]
+
+setup(
+    name="fer-pipeline",
+    version="0.1.0",
+    description="TFX-style training pipeline for facial-expression recognition (FER2013 CSV)",
+    python_requires="==3.11.*",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*"]),
+    install_requires=PINS,
+    extras_require={"test": ["pytest==9.2.0"]},
+)

@@ -1,0 +1,53 @@
+"""The command line as a user meets it: a real subprocess, exit codes and messages."""
+import os
+import subprocess
+import sys
+
+from tests.helpers import valid_rows, write_csv
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_user_error_is_one_paragraph_without_traceback(tmp_path):
+    result = run_cli("--data", str(tmp_path / "missing.csv"), "--pipeline-root", str(tmp_path),
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert "Traceback" not in result.stderr
+    last = err.split("\n\n")[-1]
+    assert last.startswith("error: No input file matches") and "missing.csv" in last
+
+
+def test_run_ingests_and_reports_reconciled_counts(tmp_path):
+    data = write_csv(tmp_path / "fer.csv", valid_rows(12))
+    result = run_cli("--runner=DirectRunner", "--data", str(data),
+                     "--pipeline-root", str(tmp_path / "root"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "reconciled: 12 = 12 written + 0 quarantined + 0 blank" in result.stdout
+    out = tmp_path / "root" / "ExampleGen" / "1"
+    assert (out / "_COMPLETE").exists() and (out / "counts.json").exists()
+    # A second run never rewrites the first one's outputs.
+    assert run_cli("--data", str(data), "--pipeline-root", str(tmp_path / "root"),
+                   cwd=tmp_path).returncode == 0
+    assert (tmp_path / "root" / "ExampleGen" / "2" / "_COMPLETE").exists()
+
+
+def test_help_explains_flags_and_beam_passthrough(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--data", "--pipeline-root", "--stop-after", "--max-bad-rows", "DataflowRunner"):
+        assert flag in result.stdout
+
+
+def test_beam_flags_reach_beam_and_typos_are_refused(tmp_path):
+    data = write_csv(tmp_path / "fer.csv", valid_rows(6))
+    common = ("--data", str(data), "--pipeline-root", str(tmp_path / "root"))
+    bad_runner = run_cli(*common, "--runner=NoSuchRunner", cwd=tmp_path)
+    assert bad_runner.returncode == 2 and "Traceback" not in bad_runner.stderr
+    assert "NoSuchRunner" in bad_runner.stderr
+    typo = run_cli(*common, "--pipline-root=x", cwd=tmp_path)
+    assert typo.returncode == 2 and "--pipline_root" in typo.stderr
+    assert not (tmp_path / "root").exists()  # both refused before any work
