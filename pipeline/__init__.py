@@ -2,7 +2,9 @@
 import os
 import warnings
 
-# Keep a user's terminal readable: TensorFlow's C++ start-up chatter and the
-# Google client libraries' deprecation notices say nothing about this pipeline.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep a user's terminal readable: TensorFlow's C++ start-up chatter (including
+# harmless "Unable to register cuDNN factory" errors on machines without a GPU)
+# and the Google client libraries' deprecation notices say nothing about this
+# pipeline. TF_CPP_MIN_LOG_LEVEL=0 in the environment brings TensorFlow's back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google(\.|$)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.errors import IntegrityError, UserError
 
-COMPONENTS = ("ExampleGen",)
+COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator")
 
 
 def parse_args(argv):
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
         check_beam_args(beam_args)
         run(args, beam_args)
     except (UserError, IntegrityError) as e:
-        print(textwrap.fill(f"error: {e}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"error: {e}", width=100, break_on_hyphens=False,
+                            break_long_words=False), file=sys.stderr)
         return 2 if isinstance(e, UserError) else 3
     except KeyboardInterrupt:
         print("interrupted: the run stopped; outputs of unfinished steps are incomplete and "
@@ -78,18 +79,72 @@ def check_beam_args(beam_args) -> None:
 
 
 def run(args, beam_args) -> None:
+    # Components are imported where first used: an input error surfaces before TensorFlow loads.
     from components import example_gen
-    from pipeline.config import IngestConfig
+    from pipeline.config import SCHEMAS_DIR, IngestConfig, load_json
 
     config = IngestConfig.load(args.ingest_config, max_bad_row_fraction=args.max_bad_rows)
+    validation = load_json("validation.json")
+    curated_schema = SCHEMAS_DIR / "schema.pbtxt"
     root = Path(args.pipeline_root).resolve()
     data = args.data or str(_default_data(root))
 
-    out = _new_execution_dir(root, "ExampleGen")
-    print(f"ExampleGen: reading {data} -> {out}")
-    counts = example_gen.run(data, str(out), config, beam_args)
-    (out / "_COMPLETE").touch()
+    def done(component: str) -> bool:
+        return args.stop_after == component
+
+    examples, counts = _execute(root, "ExampleGen", lambda out: example_gen.run(
+        data, out, config, beam_args))
     print(_summary(counts))
+    if done("ExampleGen"):
+        return
+
+    from components import example_validator, schema_gen, statistics_gen
+
+    schema = schema_gen.load_curated(curated_schema) if curated_schema.exists() else None
+    statistics_dir, statistics = _execute(root, "StatisticsGen", lambda out: statistics_gen.run(
+        examples, out, config.splits, validation["exposure"], schema, beam_args))
+    print(f"StatisticsGen: statistics of {', '.join(statistics)}; to look at them open "
+          f"{statistics_dir}/Split-train/statistics.html")
+    if done("StatisticsGen"):
+        return
+
+    _, (schema_path, is_curated) = _execute(root, "SchemaGen", lambda out: schema_gen.run(
+        statistics["train"], out, curated_schema))
+    print(f"SchemaGen: validating against {'the curated ' + str(curated_schema) if is_curated else 'the schema TFDV inferred (no curated schemas/schema.pbtxt yet)'}; "
+          f"inferred for review: {Path(schema_path).parent / 'inferred_schema.pbtxt'}")
+    if done("SchemaGen"):
+        return
+
+    previous = _previous_validated_statistics(root, validation["drift_split"])
+    _, findings = _execute(root, "ExampleValidator", lambda out: example_validator.run(
+        statistics, schema_path, out, validation, previous))
+    for f in findings:
+        print(f"  warning [{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}")
+    print(f"ExampleValidator: data passed ({len(findings)} warning(s); drift checked against "
+          f"{previous or 'nothing: no earlier validated run'})")
+
+
+def _execute(root: Path, component: str, body):
+    """Run one component into a fresh execution folder; mark it complete only if it succeeds."""
+    out = _new_execution_dir(root, component)
+    result = body(str(out))
+    (out / "_COMPLETE").touch()
+    return str(out), result
+
+
+def _previous_validated_statistics(root: Path, split: str) -> str | None:
+    """The statistics of `split` that the newest successful ExampleValidator approved."""
+    import json
+
+    runs = sorted((p for p in (root / "ExampleValidator").glob("*") if p.name.isdigit()),
+                  key=lambda p: int(p.name), reverse=True)
+    for run_dir in runs:
+        report = run_dir / "anomalies.json"
+        if (run_dir / "_COMPLETE").exists() and report.exists():
+            path = json.loads(report.read_text())["statistics"].get(split)
+            if path and Path(path).exists():
+                return path
+    return None
 
 
 def _default_data(root: Path) -> Path:

@@ -1,0 +1,38 @@
+"""SchemaGen: the schema the data is validated against.
+
+TFDV infers a schema from the train statistics on every run and stores it for
+review (inferred_schema.pbtxt). Once schemas/schema.pbtxt exists, that curated
+schema is the authority and is what downstream components use: inference only
+describes the data it saw, the curated schema says what data must look like.
+
+Output layout (output_dir):
+    schema.pbtxt            the schema in force (a copy of the curated one, or the inferred one)
+    inferred_schema.pbtxt   what TFDV inferred from this run's train split
+"""
+import os
+from pathlib import Path
+
+import tensorflow_data_validation as tfdv
+from google.protobuf import text_format
+
+from pipeline.errors import UserError
+
+
+def run(train_statistics: str, output_dir: str, curated: Path) -> tuple[str, bool]:
+    """Write the schema in force to output_dir; return its path and whether it is the curated one."""
+    inferred = tfdv.infer_schema(tfdv.load_stats_binary(train_statistics),
+                                 infer_feature_shape=True)
+    tfdv.write_schema_text(inferred, os.path.join(output_dir, "inferred_schema.pbtxt"))
+    schema = load_curated(curated) if curated.exists() else inferred
+    path = os.path.join(output_dir, "schema.pbtxt")
+    tfdv.write_schema_text(schema, path)
+    return path, curated.exists()
+
+
+def load_curated(path: Path):
+    """The curated schema, or a UserError that says where it is broken."""
+    try:
+        return tfdv.load_schema_text(str(path))
+    except text_format.ParseError as e:
+        raise UserError(f"The curated schema {path} is not a valid Schema text proto ({e}). Fix "
+                        f"the line named, or restore it with git checkout -- {path}.") from None

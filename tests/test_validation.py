@@ -1,0 +1,163 @@
+"""StatisticsGen, SchemaGen and ExampleValidator with real TFDV: each anomaly made to happen."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+
+from components import example_validator, schema_gen, statistics_gen
+from pipeline.config import SCHEMAS_DIR, load_json
+from tests.helpers import write_csv
+
+POLICY = load_json("validation.json")
+SPLITS = ("train", "eval", "test")
+
+
+def faces(n: int, seed: int, labels=None, black: int = 0) -> list[tuple[int, np.ndarray]]:
+    """n noise images of varied brightness and contrast, as faces have; classes in turn (or
+    `labels`); the first `black` images all zero."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        level, spread = rng.uniform(60, 190), rng.uniform(20, 60)
+        pixels = np.zeros(2304, np.int64) if i < black else np.clip(
+            rng.normal(level, spread, 2304), 0, 255).astype(np.int64)
+        rows.append((labels[i % len(labels)] if labels else i % 7, pixels))
+    return rows
+
+
+def write_examples(root, rows_by_split) -> str:
+    """Examples written directly, as any producer could: the schema is the last line of defence."""
+    for split, rows in rows_by_split.items():
+        os.makedirs(root / f"Split-{split}", exist_ok=True)
+        path = str(root / f"Split-{split}" / "data-00000-of-00001.tfrecord.gz")
+        with tf.io.TFRecordWriter(path, "GZIP") as writer:
+            for label, pixels in rows:
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    "emotion": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                    "pixels": tf.train.Feature(int64_list=tf.train.Int64List(value=pixels)),
+                })).SerializeToString())
+    return str(root)
+
+
+def statistics(tmp_path, name, rows_by_split) -> dict[str, str]:
+    examples = write_examples(tmp_path / name / "examples", rows_by_split)
+    out = tmp_path / name / "stats"
+    return statistics_gen.run(examples, str(out), list(rows_by_split), POLICY["exposure"],
+                              schema_gen.load_curated(SCHEMAS_DIR / "schema.pbtxt"))
+
+
+def validate(tmp_path, rows_by_split, policy=POLICY, previous=None):
+    stats = statistics(tmp_path, "now", rows_by_split)
+    out = tmp_path / "validator"
+    out.mkdir(exist_ok=True)
+    return example_validator.run(stats, str(SCHEMAS_DIR / "schema.pbtxt"), str(out), policy,
+                                 previous)
+
+
+def clean(seed=0):
+    return {split: faces(280, seed + k) for k, split in enumerate(SPLITS)}
+
+
+def test_clean_data_passes_and_statistics_are_browsable(tmp_path):
+    assert validate(tmp_path, clean()) == []
+    stats_dir = tmp_path / "now" / "stats"
+    html = (stats_dir / "Split-train" / "statistics.html").read_text()
+    assert "facets" in html.lower()
+    assert (stats_dir / "train_vs_eval.html").exists()
+    train = tfdv.load_stats_binary(str(stats_dir / "Split-train" / "FeatureStats.pb"))
+    features = {f.path.step[0]: f for f in train.datasets[0].features}
+    assert {"emotion", "pixels", "mean_brightness", "contrast", "exposure"} <= set(features)
+    assert train.datasets[0].num_examples == 280
+    assert features["pixels"].num_stats.common_stats.min_num_values == 2304
+    assert 100 < features["mean_brightness"].num_stats.mean < 155  # levels drawn from 60-190
+
+
+def stop_findings(error) -> str:
+    return str(error.value)
+
+
+def test_label_out_of_domain_stops_the_run(tmp_path):
+    rows = clean()
+    rows["train"][3] = (9, rows["train"][3][1])
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows)
+    assert "[schema] train, feature 'emotion'" in stop_findings(caught)
+
+
+def test_a_dataset_of_black_images_stops_the_run(tmp_path):
+    rows = {split: faces(280, k, black=60) for k, split in enumerate(SPLITS)}
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows)
+    message = stop_findings(caught)
+    assert "feature 'exposure'" in message and "dark" in message
+
+
+def test_a_few_blank_images_are_tolerated(tmp_path):
+    """FER2013 itself holds a few blank faces: under 1% of a split passes."""
+    rows = {split: faces(280, k, black=2 if split == "train" else 0)
+            for k, split in enumerate(SPLITS)}
+    assert validate(tmp_path, rows) == []
+
+
+def test_a_class_missing_from_a_split_stops_the_run(tmp_path):
+    rows = clean()
+    rows["eval"] = faces(280, 9, labels=[0, 2, 3, 4, 5, 6])
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows)
+    assert "[missing_class] eval" in stop_findings(caught) and "[1]" in stop_findings(caught)
+
+
+def test_label_skew_between_train_and_eval_stops_the_run(tmp_path):
+    rows = clean()
+    rows["eval"] = faces(280, 9, labels=[3, 3, 3, 0, 1, 2, 4, 5, 6])  # Happy 3x as common
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows)
+    message = stop_findings(caught)
+    assert "[skew] train vs eval, feature 'emotion'" in message
+    assert "missing_class" not in message  # every class is there, only the shares moved
+
+
+def test_skew_can_be_set_to_warn(tmp_path):
+    rows = clean()
+    rows["eval"] = faces(280, 9, labels=[3, 3, 3, 0, 1, 2, 4, 5, 6])
+    policy = {**POLICY, "on_anomaly": {**POLICY["on_anomaly"], "skew": "warn"}}
+    findings = validate(tmp_path, rows, policy)
+    assert [(f["check"], f["feature"], f["action"]) for f in findings] == [
+        ("skew", "emotion", "warn")]
+    report = json.loads((tmp_path / "validator" / "anomalies.json").read_text())
+    assert report["findings"] == findings
+
+
+def test_drift_from_the_previous_run_stops_the_run(tmp_path):
+    previous = statistics(tmp_path, "before", clean(seed=20))["train"]
+    assert validate(tmp_path, clean(), previous=previous) == []  # same distribution: no drift
+    rows = clean()
+    rows["train"] = [(label, 255 - p // 3) for label, p in rows["train"]]  # far brighter images
+    rows["eval"] = [(label, 255 - p // 3) for label, p in rows["eval"]]
+    rows["test"] = [(label, 255 - p // 3) for label, p in rows["test"]]
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows, previous=previous)
+    message = stop_findings(caught)
+    assert "[drift] train vs previous run, feature 'mean_brightness'" in message
+    assert "[skew]" not in message  # all splits moved together
+
+
+def test_planted_anomaly_stops_the_cli_before_training(tmp_path):
+    header = "emotion,pixels,Usage"
+    lines = [f"{i % 7},{' '.join(['0'] * 2304)},{('Training', 'PublicTest', 'PrivateTest')[i % 3]}"
+             for i in range(63)]
+    data = write_csv(tmp_path / "black.csv", lines, header=header)
+    result = subprocess.run([sys.executable, "-m", "pipeline.run", "--data", str(data),
+                             "--pipeline-root", str(tmp_path / "root")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: ExampleValidator stopped the run before training")
+    assert "feature 'exposure'" in message
+    assert not list((tmp_path / "root" / "ExampleValidator").glob("*/_COMPLETE"))
+    assert not (tmp_path / "root" / "Trainer").exists()
