@@ -79,6 +79,9 @@ def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, i
         raise UserError(f"{path} does not start with a CSV header: its first line is longer than "
                         f"{_MAX_HEADER_BYTES // 1024} KB. A FER CSV starts with the line "
                         f"'{expected}'; check that this is the right file and that it has line breaks.")
+    if line.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path} is UTF-16 encoded. Save it as UTF-8 (for example: iconv -f "
+                        f"UTF-16 -t UTF-8 {path} > fixed.csv) and pass that file.")
     try:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -86,7 +89,16 @@ def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, i
     if text is None or "\x00" in text:
         raise UserError(f"{path} is not a text CSV file (its first line holds binary data). "
                         f"Pass the FER CSV itself, plain or gzip-compressed.")
-    names = tuple(n.strip() for n in next(csv.reader([text.rstrip("\r\n")]), []))
+    text = text.rstrip("\r\n")
+    if "\r" in text:
+        raise UserError(f"{path} ends its lines with a bare carriage return (old Mac style), "
+                        f"so it reads as one long line. Convert the line breaks (for example: "
+                        f"tr '\\r' '\\n' < {path} > fixed.csv) and pass that file.")
+    try:
+        names = tuple(n.strip() for n in next(csv.reader([text]), []))
+    except csv.Error as e:
+        raise UserError(f"{path} has a header line that is not valid CSV ({e}). A FER CSV "
+                        f"starts with the line '{expected}'.") from None
     lowered = [n.lower() for n in names]
 
     def find(column: str) -> int | None:
@@ -97,8 +109,13 @@ def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, i
     if label is None or pixels is None:
         missing = [c for c, i in ((config.label_column, label), (config.pixels_column, pixels))
                    if i is None]
-        hint = (" The first line looks like a data row: the file has no header; insert the line "
-                f"'{expected}' at the top." if names and names[0].isdigit() else "")
+        hint = ""
+        if names and names[0].isdigit():
+            hint = (" The first line looks like a data row: the file has no header; insert the "
+                    f"line '{expected}' at the top.")
+        elif "\t" in text or ";" in text:
+            hint = (" The file seems to use tabs or semicolons between columns; FER CSVs use "
+                    "commas: convert the separators.")
         raise UserError(f"{path} has the header {text.strip()[:200]!r}, which lacks the column(s) "
                         f"{', '.join(missing)}. A FER CSV starts with '{expected}' (the "
                         f"{config.usage_column} column is optional; any column order works).{hint}")
@@ -110,7 +127,10 @@ def split_fields(body: bytes) -> list[bytes]:
     if b'"' not in body:
         return body.split(b",")
     text = body.decode("utf-8", errors="replace")
-    return [s.encode("utf-8") for s in next(csv.reader([text]), [])]
+    try:
+        return [s.encode("utf-8") for s in next(csv.reader([text]), [])]
+    except csv.Error as e:
+        raise RowError(f"malformed CSV quoting ({e})") from None
 
 
 def parse_row(body: bytes, layout: Layout, config: IngestConfig
@@ -132,7 +152,7 @@ def parse_row(body: bytes, layout: Layout, config: IngestConfig
     if not pixels_text:
         raise RowError(f"empty {config.pixels_column}")
     if pixels_text.translate(None, _PIXEL_CHARS):
-        bad = next(t for t in pixels_text.split() if t.translate(None, _PIXEL_CHARS))
+        bad = next(t for t in pixels_text.split(b" ") if t.translate(None, _PIXEL_CHARS))
         raise RowError(f"{config.pixels_column} holds the non-integer value {_show(bad)}")
     # Safe: only digits and whitespace remain, so fromstring cannot stop early.
     pixels = np.fromstring(pixels_text, dtype=np.int64, sep=" ")

@@ -5,7 +5,6 @@ Flags this program does not know are passed to Apache Beam, e.g.
 --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py
 """
 import argparse
-import os
 import sys
 import textwrap
 from pathlib import Path

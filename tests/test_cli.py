@@ -1,5 +1,4 @@
 """The command line as a user meets it: a real subprocess, exit codes and messages."""
-import os
 import subprocess
 import sys
 

@@ -39,6 +39,8 @@ def test_quoted_fields_and_spaces_are_accepted(config):
     ("3," + " ".join(["1"] * 2303 + ["-4"]) + ",Training", "pixels holds the non-integer value '-4'"),
     ("3," + " ".join(["abc"] + ["1"] * 2303) + ",Training",
      "pixels holds the non-integer value 'abc'"),
+    ("3," + " ".join(["1"] * 2302 + ["2\r3"]) + ",Training",
+     "pixels holds the non-integer value '2\\r3'"),
     ("3," + " ".join(["1"] * 10 + ["256"] + ["1"] * 2293) + ",Training",
      "pixel 10 has the value 256, outside 0-255"),
     (f"3,{pixel_text(0)},Validation", "Usage 'Validation' is not one of Training, PublicTest, PrivateTest"),
@@ -49,6 +51,11 @@ def test_bad_rows_name_their_reason(config, line, reason):
     with pytest.raises(fer_csv.RowError) as caught:
         parse(line, config)
     assert str(caught.value) == reason
+
+
+def test_broken_quoting_is_a_row_error_not_a_crash(config):
+    with pytest.raises(fer_csv.RowError, match="malformed CSV quoting"):
+        parse('3,1 2\r3,"Training"', config)
 
 
 def test_hash_split_depends_only_on_content(config):
@@ -78,6 +85,9 @@ def test_header_variants(config, header, names):
     (b"0,1 2 3,Training\n", "has no header"),
     (b"\x00\x01\xff\xfe" * 100 + b"\n", "not a text CSV"),
     (b"1 " * 40000, "longer than 64 KB"),
+    (b"emotion,pixels,Usage\r0,1 2,Training\r", "bare carriage return"),
+    (b"emotion\tpixels\tUsage\n", "tabs or semicolons"),
+    ("emotion,pixels,Usage\n".encode("utf-16"), "UTF-16"),
 ])
 def test_header_errors_are_user_errors(config, content, words):
     with pytest.raises(UserError) as caught:

@@ -1,4 +1,6 @@
 """tfds.load('fer2013') yields the pipeline's splits, row for row."""
+import dataclasses
+
 import tensorflow_datasets as tfds
 
 import pipeline.fer2013_tfds  # noqa: F401  (registers 'fer2013')
@@ -13,7 +15,7 @@ def test_tfds_splits_match_example_gen(tmp_path, config):
     lines.insert(4, "9,1 2 3,Training")  # invalid: skipped by both readers
     write_csv(manual / "fer2013.csv", lines)
     counts = example_gen.run(str(manual), str(tmp_path / "eg"),
-                             config.__class__(**{**config.__dict__, "max_bad_row_fraction": 0.1}))
+                             dataclasses.replace(config, max_bad_row_fraction=0.1))
 
     splits = tfds.load("fer2013", data_dir=str(tmp_path / "tfds"), download_and_prepare_kwargs={
         "download_config": tfds.download.DownloadConfig(manual_dir=str(manual))})
