@@ -89,6 +89,16 @@ def test_label_out_of_domain_stops_the_run(tmp_path):
     assert "[schema] train, feature 'emotion'" in stop_findings(caught)
 
 
+@pytest.mark.parametrize("bad_pixels", [np.full(2303, 100), np.full(2304, 300)],
+                         ids=["2303 values", "value 300"])
+def test_pixel_count_and_range_are_enforced_by_the_schema(tmp_path, bad_pixels):
+    rows = clean()
+    rows["test"][5] = (rows["test"][5][0], bad_pixels)
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows)
+    assert "[schema] test, feature 'pixels'" in stop_findings(caught)
+
+
 def test_a_dataset_of_black_images_stops_the_run(tmp_path):
     rows = {split: faces(280, k, black=60) for k, split in enumerate(SPLITS)}
     with pytest.raises(example_validator.DataValidationError) as caught:
