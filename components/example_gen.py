@@ -163,21 +163,15 @@ class _ParseChunk(beam.DoFn):
                 f.readline(1 << 20)  # the header, already validated by _index
             else:
                 f.seek(chunk.start)
-            for number, line in fer_csv.read_lines(f, chunk.first_line,
-                                                   _span(chunk), cfg.max_line_bytes):
-                if isinstance(line, fer_csv.TooLongLine):
-                    yield self._quarantine(chunk, number, line.head,
-                                           f"line is {line.length:,} bytes long, longer than any "
-                                           f"valid row ({cfg.max_line_bytes:,} bytes at most)")
-                    continue
-                if not line.strip():
+            for number, raw, row in fer_csv.read_rows(f, chunk.first_line, _span(chunk),
+                                                      chunk.layout, cfg):
+                if row is None:
                     self._blank.inc()
                     continue
-                try:
-                    split, label, pixels = fer_csv.parse_row(line, chunk.layout, cfg)
-                except fer_csv.RowError as e:
-                    yield self._quarantine(chunk, number, line, str(e))
+                if isinstance(row, str):
+                    yield self._quarantine(chunk, number, raw, row)
                     continue
+                split, label, pixels = row
                 batches[split][0].append(label)
                 batches[split][1].append(pixels)
         for split, (labels, images) in batches.items():

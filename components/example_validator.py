@@ -43,11 +43,10 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
                                                           "SchemaDiff.pbtxt"))
         findings += _findings(anomalies, "schema", split, comparators=False)
 
-    train = stats.get("train")
+    train, skew_only = stats.get("train"), _without(schema, "drift_comparator")
     for split in policy["skew_against_train"]:
         if train is not None and split in stats:
-            anomalies = tfdv.validate_statistics(train, _without(schema, "drift_comparator"),
-                                                 serving_statistics=stats[split])
+            anomalies = tfdv.validate_statistics(train, skew_only, serving_statistics=stats[split])
             findings += _findings(anomalies, "skew", f"train vs {split}", comparators=True)
 
     drift_split = policy["drift_split"]

@@ -23,10 +23,10 @@ def run(train_statistics: str, output_dir: str, curated: Path) -> tuple[str, boo
     inferred = tfdv.infer_schema(tfdv.load_stats_binary(train_statistics),
                                  infer_feature_shape=True)
     tfdv.write_schema_text(inferred, os.path.join(output_dir, "inferred_schema.pbtxt"))
-    schema = load_curated(curated) if curated.exists() else inferred
+    is_curated = curated.exists()
     path = os.path.join(output_dir, "schema.pbtxt")
-    tfdv.write_schema_text(schema, path)
-    return path, curated.exists()
+    tfdv.write_schema_text(load_curated(curated) if is_curated else inferred, path)
+    return path, is_curated
 
 
 def load_curated(path: Path):

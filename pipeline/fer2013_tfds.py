@@ -66,18 +66,11 @@ class Fer2013(tfds.core.GeneratorBasedBuilder):
             f, _ = fer_csv.open_binary(path)
             with f:
                 layout, _ = fer_csv.read_header(f, path, config)
-                for number, line in fer_csv.read_lines(f, 2, None, config.max_line_bytes):
-                    if isinstance(line, fer_csv.TooLongLine):
+                for number, _, row in fer_csv.read_rows(f, 2, None, layout, config):
+                    if isinstance(row, str):
                         skipped += 1
-                        continue
-                    if not line.strip():
-                        continue
-                    try:
-                        row_split, label, pixels = fer_csv.parse_row(line, layout, config)
-                    except fer_csv.RowError:
-                        skipped += 1
-                        continue
-                    if row_split == split:
+                    elif row is not None and row[0] == split:
+                        _, label, pixels = row
                         image = pixels.astype(np.uint8).reshape(
                             config.image_size, config.image_size, 1)
                         yield f"{path}:{number}", {"image": image, "label": label}

@@ -212,6 +212,26 @@ def read_lines(f: BinaryIO, first_line: int, end: int | None, max_line_bytes: in
         number += 1
 
 
+def read_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
+              config: IngestConfig) -> Iterator[tuple[int, bytes, tuple | str | None]]:
+    """Yield (line number, raw line, outcome) for each line from f's position up to `end`.
+
+    The outcome is (split, label, pixels) for a valid row, the reason string for an
+    invalid one, or None for a blank line.
+    """
+    for number, line in read_lines(f, first_line, end, config.max_line_bytes):
+        if isinstance(line, TooLongLine):
+            yield number, line.head, (f"line is {line.length:,} bytes long, longer than any "
+                                      f"valid row ({config.max_line_bytes:,} bytes at most)")
+        elif not line.strip():
+            yield number, line, None
+        else:
+            try:
+                yield number, line, parse_row(line, layout, config)
+            except RowError as e:
+                yield number, line, str(e)
+
+
 def _show(value: bytes, limit: int = 40) -> str:
     text = value.decode("utf-8", errors="replace")
     return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -109,8 +109,10 @@ def run(args, beam_args) -> None:
 
     _, (schema_path, is_curated) = _execute(root, "SchemaGen", lambda out: schema_gen.run(
         statistics["train"], out, curated_schema))
-    print(f"SchemaGen: validating against {'the curated ' + str(curated_schema) if is_curated else 'the schema TFDV inferred (no curated schemas/schema.pbtxt yet)'}; "
-          f"inferred for review: {Path(schema_path).parent / 'inferred_schema.pbtxt'}")
+    source = (f"the curated {curated_schema}" if is_curated
+              else "the schema TFDV inferred (no curated schemas/schema.pbtxt yet)")
+    print(f"SchemaGen: validating against {source}; inferred for review: "
+          f"{Path(schema_path).parent / 'inferred_schema.pbtxt'}")
     if done("SchemaGen"):
         return
 
