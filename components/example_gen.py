@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.coders import example_coder
 
 from pipeline import fer_csv
-from pipeline.config import IngestConfig
+from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig
 from pipeline.errors import IntegrityError, UserError
 
 _NAMESPACE = "ExampleGen"
@@ -197,7 +197,7 @@ def _record_batch(labels: list[int], images: list) -> pa.RecordBatch:
 
     return pa.RecordBatch.from_arrays(
         [lists(np.asarray(labels, np.int64), 1), lists(np.concatenate(images), images[0].size)],
-        ["emotion", "pixels"])
+        [LABEL_FEATURE, PIXELS_FEATURE])
 
 
 def _span(chunk: Chunk) -> int | None:

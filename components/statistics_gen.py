@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_data_validation.utils.display_util import get_statistics_html
 from tfx_bsl.public import tfxio
 
+from pipeline.config import PIXELS_FEATURE
 from pipeline.errors import UserError
 
 STATS_FILE = "FeatureStats.pb"
@@ -56,7 +57,7 @@ def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dic
 
 def add_image_features(batch: pa.RecordBatch, exposure: dict) -> pa.RecordBatch:
     """Append per-image mean_brightness, contrast, saturated_share and exposure columns."""
-    pixels = batch.column(batch.schema.get_field_index("pixels"))
+    pixels = batch.column(batch.schema.get_field_index(PIXELS_FEATURE))
     values = np.asarray(pixels.flatten(), dtype=np.float64)
     starts = np.asarray(pixels.offsets)[:-1]
     counts = np.diff(np.asarray(pixels.offsets))

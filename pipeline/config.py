@@ -7,6 +7,8 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The tf.Example features ExampleGen writes and every later component reads.
+LABEL_FEATURE, PIXELS_FEATURE = "emotion", "pixels"
 
 
 def load_json(name: str, path: str | Path | None = None) -> dict:
@@ -86,3 +88,58 @@ class IngestConfig:
             problems.append("classes must name at least two classes")
         if problems:
             raise UserError(f"Ingestion config {where} is inconsistent: " + "; ".join(problems) + ".")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Hyperparameters of the Trainer (schemas/trainer.json); --epochs and --batch-size override."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    batch_norm_momentum: float
+    early_stopping: dict
+    reduce_lr: dict
+    augmentation: dict
+    class_weight: str
+    shuffle_buffer: int
+    cache_max_bytes: int
+    deterministic: bool
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides) -> "TrainerConfig":
+        raw = load_json("trainer.json", path)
+        where = path or SCHEMAS_DIR / "trainer.json"
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if set(raw) != fields:
+            missing, extra = sorted(fields - set(raw)), sorted(set(raw) - fields)
+            raise UserError(f"Trainer config {where} does not have the expected entries "
+                            f"(missing: {missing or 'none'}; unknown: {extra or 'none'}). "
+                            f"Compare it with the copy in the repository.")
+        cfg = cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
+        cfg.check(where)
+        return cfg
+
+    def check(self, where) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "shuffle_buffer"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be a whole number >= 1 (got {getattr(self, name)!r})")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"learning_rate must lie in (0, 1) (got {self.learning_rate})")
+        if not 0 <= self.batch_norm_momentum < 1:
+            problems.append(f"batch_norm_momentum must lie in [0, 1) (got {self.batch_norm_momentum})")
+        if self.class_weight not in ("balanced", "none"):
+            problems.append(f"class_weight must be \"balanced\" or \"none\" (got {self.class_weight!r})")
+        for name in ("early_stopping", "reduce_lr"):
+            if getattr(self, name).get("monitor") not in ("val_loss", "val_accuracy"):
+                problems.append(f"{name}.monitor must be \"val_loss\" or \"val_accuracy\"")
+        aug = self.augmentation
+        if set(aug) != {"horizontal_flip", "shift", "rotation", "zoom"} or not all(
+                0 <= aug[k] < 1 for k in ("shift", "rotation", "zoom")):
+            problems.append("augmentation needs horizontal_flip (true/false) and shift, rotation, "
+                            "zoom as fractions in [0, 1)")
+        if problems:
+            raise UserError(f"Trainer config {where} is inconsistent: " + "; ".join(problems) + ".")
+

@@ -5,13 +5,14 @@ Flags this program does not know are passed to Apache Beam, e.g.
 --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py
 """
 import argparse
+import json
 import sys
 import textwrap
 from pathlib import Path
 
 from pipeline.errors import IntegrityError, UserError
 
-COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator")
+COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer")
 
 
 def parse_args(argv):
@@ -37,6 +38,23 @@ def parse_args(argv):
     parser.add_argument(
         "--ingest-config", metavar="FILE",
         help="ingestion config (default: schemas/ingest.json): columns, classes, split ratios")
+    parser.add_argument(
+        "--epochs", metavar="N", type=int,
+        help="most training epochs (early stopping may end sooner); default from "
+             "schemas/trainer.json")
+    parser.add_argument(
+        "--batch-size", metavar="N", type=int,
+        help="global batch size, split across devices and workers; default from "
+             "schemas/trainer.json")
+    parser.add_argument(
+        "--trainer-config", metavar="FILE",
+        help="hyperparameters (default: schemas/trainer.json): learning rate, augmentation, "
+             "class weighting, early stopping, learning-rate reduction, seed")
+    parser.add_argument(
+        "--distribution", choices=("default", "mirrored", "multi_worker"), default="default",
+        help="tf.distribute strategy for the Trainer: default (one device), mirrored (all GPUs "
+             "of this machine), multi_worker (MultiWorkerMirroredStrategy; the cluster comes "
+             "from TF_CONFIG, and the other workers run python -m components.trainer)")
     return parser.parse_known_args(argv)
 
 
@@ -80,9 +98,15 @@ def check_beam_args(beam_args) -> None:
 def run(args, beam_args) -> None:
     # Components are imported where first used: an input error surfaces before TensorFlow loads.
     from components import example_gen
-    from pipeline.config import SCHEMAS_DIR, IngestConfig, load_json
+    from pipeline.config import SCHEMAS_DIR, IngestConfig, TrainerConfig, load_json
 
     config = IngestConfig.load(args.ingest_config, max_bad_row_fraction=args.max_bad_rows)
+    cli = {"epochs": args.epochs, "batch_size": args.batch_size}
+    # The built-in data brings its own training budget (schemas/default_data.json); flags win.
+    builtin = load_json("default_data.json")["trainer"] if not (
+        args.data or args.trainer_config) else {}
+    trainer_config = TrainerConfig.load(args.trainer_config, **{
+        **builtin, **{k: v for k, v in cli.items() if v is not None}})
     validation = load_json("validation.json")
     curated_schema = SCHEMAS_DIR / "schema.pbtxt"
     root = Path(args.pipeline_root).resolve()
@@ -123,6 +147,17 @@ def run(args, beam_args) -> None:
         print(f"  warning [{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}")
     print(f"ExampleValidator: data passed ({len(findings)} warning(s); drift checked against "
           f"{previous or 'nothing: no earlier validated run'})")
+    if done("ExampleValidator"):
+        return
+
+    from components import trainer
+
+    trained, summary = _execute(root, "Trainer", lambda out: trainer.run(
+        examples, out, trainer_config, config, args.distribution))
+    best = summary["best_eval"]
+    print(f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
+          f"{best['val_accuracy']:.3f} at epoch {summary['best_epoch']}; SavedModel "
+          f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {trained}/logs")
 
 
 def _execute(root: Path, component: str, body):
@@ -135,8 +170,6 @@ def _execute(root: Path, component: str, body):
 
 def _previous_validated_statistics(root: Path, split: str) -> str | None:
     """The statistics of `split` that the newest successful ExampleValidator approved."""
-    import json
-
     runs = sorted((p for p in (root / "ExampleValidator").glob("*") if p.name.isdigit()),
                   key=lambda p: int(p.name), reverse=True)
     for run_dir in runs:

@@ -1,0 +1,46 @@
+"""The seed CNN for 48x48 grayscale faces, exactly as designed (DESIGN.md), with its input scaling.
+
+The model takes raw pixel values 0-255 and scales them itself (first layer), so training, evaluation
+and every serving signature feed the same numbers and cannot disagree about normalisation.
+
+Keras here is tf_keras (Keras 2, the one TFX and TFMA build on): Keras 3's model.fit fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585), which scaling out across machines needs.
+"""
+import tf_keras as keras
+from tf_keras import layers
+
+# (filters, kernel, dropout) per convolution block; block 1 has two convolutions.
+_CONV_BLOCKS = (((32, 3), (64, 3)), 0.025), (((128, 5),), 0.25), (((512, 3),), 0.25), \
+    (((256, 3),), 0.25)
+_DENSE = ((256, 0.3), (512, 0.3))
+
+
+def build_cnn(image_size: int, num_classes: int, batch_norm_momentum: float = 0.99) -> keras.Model:
+    """The seed architecture: four conv blocks, two dense blocks, softmax over the classes.
+
+    batch_norm_momentum: Keras' default 0.99 averages the batch statistics over about 100 steps,
+    right for FER2013 (450 steps an epoch); on a few thousand images the weights move faster than
+    that average, and the eval split is scored with stale statistics. Lower it there (0.9).
+    """
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
+    for block, (convs, dropout) in enumerate(_CONV_BLOCKS, start=1):
+        for filters, kernel in convs:
+            x = layers.Conv2D(filters, kernel, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization(momentum=batch_norm_momentum)(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(dropout)(x)
+    x = layers.Flatten()(x)
+    for units, dropout in _DENSE:
+        x = layers.Dense(units, activation="relu")(x)
+        x = layers.BatchNormalization(momentum=batch_norm_momentum)(x)
+        x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="fer_seed_cnn")
+
+
+def compile_cnn(model: keras.Model, learning_rate: float) -> None:
+    """Adam, categorical cross-entropy on one-hot labels, accuracy."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])

@@ -1,0 +1,364 @@
+"""Trainer: fit the seed CNN on ExampleGen's TFRecords with tf.data and export a serving SavedModel.
+
+Training is resumable: the full state (weights, optimizer, epoch) is backed up after every epoch,
+and a run started again on the same output folder continues from the last finished epoch. The best
+epoch on the eval split (early stopping's monitor) is what gets exported.
+
+Output layout (output_dir):
+    serving_model/          SavedModel, renamed into place only when complete. Signatures:
+                              serving_default  examples: serialized tf.Example [N] (TFX/TFMA)
+                              serve_images     images: uint8 [N, 48, 48, 1]
+                              serve_pixels     pixels: string [N], the CSV's space-separated values
+                            each returning probabilities [N, 7], class_id [N], class_name [N]
+    model.keras             the exported model as Keras (fine-tuning, inspection)
+    history.csv             loss, accuracy, val_loss, val_accuracy, lr (for the next epoch) per epoch
+    logs/                   TensorBoard
+    checkpoints/            best/ (weights of the best eval epoch), backup/ (removed at the end)
+    training.json           what was trained on, with what, and how it went
+
+Distribution: "default" (one device), "mirrored" (all local GPUs, or the devices given), or
+"multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG). Only the chief writes output_dir;
+other workers write to a temporary folder that is removed.
+Workers of a multi-worker job run: python -m components.trainer --examples DIR [--output DIR]
+"""
+import argparse
+import csv
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from components.model import build_cnn, compile_cnn
+from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig
+from pipeline.errors import UserError
+
+DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
+_PARSE_BLOCK = 256
+# What tf_keras BackupAndRestore records: the index of the last finished epoch.
+_SAVED_EPOCH = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest: IngestConfig,
+        distribution: str = "default", devices: list[str] | None = None) -> dict:
+    """Train on Split-train, monitor Split-eval, export to output_dir; returns training.json."""
+    strategy = _strategy(distribution, devices)  # first: collective ops must precede other TF use
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    chief = _is_chief(strategy)
+    out = Path(output_dir) if chief and output_dir else Path(tempfile.mkdtemp(prefix="fer-worker-"))
+    try:
+        summary = _train(examples_dir, out, config, ingest, strategy, distribution, chief)
+    finally:
+        if out != Path(output_dir or ""):
+            shutil.rmtree(out, ignore_errors=True)
+    return summary
+
+
+def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str, chief: bool
+           ) -> dict:
+    files = {split: sorted(glob.glob(os.path.join(examples_dir, f"Split-{split}", "*.tfrecord*")))
+             for split in ("train", "eval")}
+    for split, paths in files.items():
+        if not paths:
+            raise UserError(f"The Trainer found no TFRecords in {examples_dir}/Split-{split}. "
+                            f"Point it at a completed ExampleGen output folder.")
+    counts = {split: _label_counts(paths, len(ingest.classes)) for split, paths in files.items()}
+    class_weight = _class_weight(counts["train"], config.class_weight)
+    image_bytes = ingest.n_pixels + 16
+    train = _dataset(files["train"], ingest, config, int(counts["train"].sum()), training=True,
+                     cache=counts["train"].sum() * image_bytes <= config.cache_max_bytes)
+    evaluation = _dataset(files["eval"], ingest, config, int(counts["eval"].sum()), training=False,
+                          cache=counts["eval"].sum() * image_bytes <= config.cache_max_bytes)
+
+    with strategy.scope():
+        trainer_model = _trainer_model(config, ingest)
+        compile_cnn(trainer_model, config.learning_rate)
+
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    backup = out / "checkpoints" / "backup"
+    history_path = out / "history.csv"
+    best_weights = out / "checkpoints" / "best" / "weights"
+    initial_epoch = _resume_point(backup, history_path)
+    if initial_epoch:
+        print(f"Trainer: resuming after epoch {initial_epoch} from {backup}", flush=True)
+    best = _best_row(history_path, config.early_stopping["monitor"])
+    monitor = config.early_stopping["monitor"]
+    # The backup comes last: history, best weights and learning rate are settled when it is taken.
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(**config.reduce_lr),  # first: history records its lr
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.ModelCheckpoint(
+            str(best_weights), monitor=monitor, save_best_only=True,
+            save_weights_only=True, initial_value_threshold=float(best[monitor]) if best else None),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping["patience"]),
+        keras.callbacks.TensorBoard(str(out / "logs")),
+        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch"),
+    ]
+    started = time.perf_counter()
+    trainer_model.fit(train, validation_data=evaluation, epochs=config.epochs,
+                      class_weight=class_weight, callbacks=callbacks, shuffle=False,
+                      verbose=1 if sys.stdout.isatty() else 2)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(backup, ignore_errors=True)  # fit finished: nothing left to resume
+
+    history = _read_history(history_path)
+    best = _best_row(history_path, monitor)
+    if chief:
+        model = _best_model(trainer_model, best_weights, config, ingest)
+        _export(model, out / "serving_model", ingest)
+        model.save(str(out / "model.keras"))
+    epochs_now = len(history) - initial_epoch
+    summary = {
+        "examples": str(examples_dir),
+        "distribution": distribution,
+        "replicas": strategy.num_replicas_in_sync,
+        "config": dataclasses.asdict(config),
+        "examples_per_split": {s: int(c.sum()) for s, c in counts.items()},
+        "train_class_counts": dict(zip(ingest.classes, map(int, counts["train"]))),
+        "class_weight": {ingest.classes[k]: round(v, 4) for k, v in (class_weight or {}).items()},
+        "epochs_run": len(history),
+        "resumed_after_epoch": initial_epoch,
+        "best_epoch": int(best["epoch"]) + 1 if best else None,
+        "best_eval": {k: float(best[k]) for k in ("val_accuracy", "val_loss")} if best else None,
+        "train_images_per_second": round(
+            epochs_now * counts["train"].sum() / seconds, 1) if epochs_now else None,
+        "serving_model": str(out / "serving_model"),
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _trainer_model(config: TrainerConfig, ingest: IngestConfig) -> keras.Model:
+    """The CNN behind the augmentation layers (active in training only)."""
+    model = keras.Sequential([
+        _augmentation(config),
+        build_cnn(ingest.image_size, len(ingest.classes), config.batch_norm_momentum),
+    ], name="augment_then_cnn")
+    model.build((None, ingest.image_size, ingest.image_size, 1))
+    return model
+
+
+def _best_model(trained: keras.Model, best_weights: Path, config, ingest) -> keras.Model:
+    """The best epoch's CNN, as a plain model outside any distribution strategy: what is
+    exported. Without a best checkpoint (none improved on a resumed run's best), the last."""
+    local = _trainer_model(config, ingest)
+    if tf.train.latest_checkpoint(str(best_weights.parent)):
+        local.load_weights(str(best_weights)).expect_partial()
+    else:
+        local.set_weights(trained.get_weights())
+    return local.layers[-1]
+
+
+def _strategy(distribution: str, devices):
+    if distribution == "default":
+        return tf.distribute.get_strategy()
+    if distribution == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if distribution == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--distribution=multi_worker needs the TF_CONFIG environment variable "
+                            "describing the cluster (see the README, 'Scaling out').")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UserError(f"Unknown distribution {distribution!r}; use one of {', '.join(DISTRIBUTIONS)}.")
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (
+        not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def _parse(ingest: IngestConfig):
+    spec = {LABEL_FEATURE: tf.io.FixedLenFeature([1], tf.int64),
+            PIXELS_FEATURE: tf.io.FixedLenFeature([ingest.n_pixels], tf.int64)}
+    shape = (-1, ingest.image_size, ingest.image_size, 1)
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, spec)
+        images = tf.reshape(tf.cast(features[PIXELS_FEATURE], tf.uint8), shape)
+        return images, tf.cast(features[LABEL_FEATURE][:, 0], tf.int32)
+    return parse
+
+
+def _records(files):
+    return tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                   num_parallel_reads=tf.data.AUTOTUNE)
+
+
+def _dataset(files, ingest, config, n_examples: int, *, training: bool, cache: bool):
+    """Parallel read, block-wise parse, cache (uint8), shuffle, batch, one-hot, prefetch."""
+    ds = _records(files).batch(_PARSE_BLOCK).map(
+        _parse(ingest), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(config.shuffle_buffer, n_examples), seed=config.seed,
+                        reshuffle_each_iteration=True)
+    k = len(ingest.classes)
+    ds = ds.batch(config.batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, k)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n_examples // config.batch_size)))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _label_counts(files, n_classes: int) -> np.ndarray:
+    labels = _records(files).batch(4096).map(
+        lambda s: tf.io.parse_example(s, {LABEL_FEATURE: tf.io.FixedLenFeature([1], tf.int64)}
+                                      )[LABEL_FEATURE][:, 0])
+    counts = np.zeros(n_classes, np.int64)
+    for block in labels.as_numpy_iterator():
+        counts += np.bincount(block, minlength=n_classes)[:n_classes]
+    return counts
+
+
+def _class_weight(counts: np.ndarray, mode: str) -> dict | None:
+    """'balanced': n / (k * n_c), as scikit-learn; classes absent from train get weight 1."""
+    if mode == "none":
+        return None
+    present = counts > 0
+    weights = np.ones(len(counts))
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _augmentation(config: TrainerConfig) -> keras.Sequential:
+    """Random flips, shifts, rotations and zooms: active in training only, never exported."""
+    aug, seed = config.augmentation, config.seed
+    steps = []
+    if aug["horizontal_flip"]:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if aug["shift"]:
+        steps.append(keras.layers.RandomTranslation(aug["shift"], aug["shift"],
+                                                    fill_mode="nearest", seed=seed + 1))
+    if aug["rotation"]:
+        steps.append(keras.layers.RandomRotation(aug["rotation"], fill_mode="nearest",
+                                                 seed=seed + 2))
+    if aug["zoom"]:
+        steps.append(keras.layers.RandomZoom(aug["zoom"], fill_mode="nearest", seed=seed + 3))
+    return keras.Sequential(steps or [keras.layers.Identity()], name="augmentation")
+
+
+def _resume_point(backup: Path, history_path: Path) -> int:
+    """Epochs finished before an interruption (read from the backup that fit will restore);
+    history rows past that point are dropped."""
+    checkpoint = tf.train.latest_checkpoint(str(backup / "chief"))
+    epoch = 1 + int(tf.train.load_variable(checkpoint, _SAVED_EPOCH)) if checkpoint else 0
+    rows = _read_history(history_path)
+    if len(rows) != epoch:
+        _write_history(history_path, rows[:epoch])
+    return epoch
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _best_row(history_path: Path, monitor: str) -> dict | None:
+    rows = _read_history(history_path)
+    if not rows:
+        return None
+    pick = max if monitor.endswith("accuracy") else min
+    return pick(rows, key=lambda r: float(r[monitor]))
+
+
+def _export(model: keras.Model, path: Path, ingest: IngestConfig) -> None:
+    """Write the serving SavedModel next to its final name, then rename it into place."""
+    classes = tf.constant(ingest.classes)
+    size, n = ingest.image_size, ingest.n_pixels
+    spec = {PIXELS_FEATURE: tf.io.FixedLenFeature([n], tf.int64)}
+
+    def predict(pixels):
+        """pixels: integers 0-255, any numeric dtype, [N, n] or [N, size, size, 1]."""
+        images = tf.reshape(tf.cast(pixels, tf.float32), (-1, size, size, 1))
+        probabilities = model(images, training=False)
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"probabilities": probabilities, "class_id": class_id,
+                "class_name": tf.gather(classes, class_id)}
+
+    def from_examples(examples):
+        return predict(tf.io.parse_example(examples, spec)[PIXELS_FEATURE])
+
+    def from_images(images):
+        return predict(images)
+
+    def from_pixels(pixels):
+        values = tf.strings.split(tf.strings.strip(pixels))
+        counts = values.row_lengths()
+        tf.debugging.assert_equal(counts, tf.cast(n, counts.dtype), message=(
+            f"each pixels string must hold exactly {n} space-separated values"))
+        numbers = tf.strings.to_number(values.flat_values, tf.int32)
+        tf.debugging.assert_less_equal(numbers, 255, message="pixel values must lie in 0-255")
+        tf.debugging.assert_greater_equal(numbers, 0, message="pixel values must lie in 0-255")
+        return predict(tf.reshape(numbers, (-1, n)))
+
+    module = tf.Module()
+    module.model = model  # tracked, so its variables are saved
+    signatures = {
+        "serving_default": tf.function(from_examples).get_concrete_function(
+            tf.TensorSpec([None], tf.string, name="examples")),
+        "serve_images": tf.function(from_images).get_concrete_function(
+            tf.TensorSpec([None, size, size, 1], tf.uint8, name="images")),
+        "serve_pixels": tf.function(from_pixels).get_concrete_function(
+            tf.TensorSpec([None], tf.string, name="pixels")),
+    }
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tf.saved_model.save(module, str(partial), signatures=signatures)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(partial, path)
+
+
+def main(argv=None) -> int:
+    """Run the Trainer alone: the command each worker of a multi-worker job runs."""
+    parser = argparse.ArgumentParser(prog="python -m components.trainer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", required=True, help="a completed ExampleGen output folder")
+    parser.add_argument("--output", help="output folder (chief only; default: a temporary one)")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="default")
+    parser.add_argument("--trainer-config", help="default: schemas/trainer.json")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    args = parser.parse_args(argv)
+    try:
+        config = TrainerConfig.load(args.trainer_config, epochs=args.epochs,
+                                    batch_size=args.batch_size)
+        summary = run(args.examples, args.output, config, IngestConfig.load(), args.distribution)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("replicas", "epochs_run", "best_eval")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
