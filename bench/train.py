@@ -16,19 +16,14 @@ import argparse
 import dataclasses
 import os
 import time
-from pathlib import Path
 
-import numpy as np
-
+import faces
 import pipeline  # noqa: F401  (quiets TensorFlow's C++ logging before it loads)
 import tensorflow as tf
 import tf_keras as keras
-from components import example_gen, trainer
+from components import trainer
 from components.model import build_cnn, compile_cnn
-from pipeline import default_data
 from pipeline.config import IngestConfig, TrainerConfig
-
-CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def forward_flops(model: keras.Model) -> int:
@@ -56,18 +51,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def numpy_arrays(examples: str, ingest: IngestConfig):
-    """What the seed has in memory: uint8 images to float32, one-hot labels."""
-    files = sorted(str(p) for p in Path(examples, "Split-train").glob("*"))
-    n = int(trainer._label_counts(files, len(ingest.classes)).sum())
-    images, labels = [], []
-    for x, y in trainer._dataset(files, ingest, TrainerConfig.load(), n, training=False,
-                                 cache=False).unbatch().as_numpy_iterator():
-        images.append(x)
-        labels.append(y)
-    return np.stack(images), np.stack(labels)
-
-
 def timed_epoch(model, data, batch_size) -> float:
     start = time.perf_counter()
     if isinstance(data, tuple):
@@ -86,16 +69,8 @@ def main() -> int:
     args = parser.parse_args()
     ingest = IngestConfig.load()
 
-    examples = CACHE / f"train_examples_{args.images}"
-    if not (examples / "_COMPLETE").exists():
-        print(f"writing {args.images:,} synthetic faces as TFRecords into {examples} (once) ...")
-        csv = default_data.write_csv(CACHE / f"train_faces_{args.images}.csv", args.images, 0)
-        example_gen.run(str(csv), str(examples), dataclasses.replace(
-            ingest, usage_to_split={u: "train" for u in ingest.usage_to_split},
-            hash_split={"train": 1.0}), [])
-        (examples / "_COMPLETE").touch()
-    files = sorted(str(p) for p in (examples / "Split-train").glob("*"))
-    x, y = numpy_arrays(str(examples), ingest)
+    files = faces.tfrecords("train", args.images, seed=0)
+    x, y = faces.arrays(files)
     n = len(x)
     config = dataclasses.replace(TrainerConfig.load(), batch_size=args.batch_size)
     pipeline_input = trainer._dataset(files, ingest, config, n, training=True, cache=True)

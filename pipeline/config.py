@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -143,3 +144,71 @@ class TrainerConfig:
         if problems:
             raise UserError(f"Trainer config {where} is inconsistent: " + "; ".join(problems) + ".")
 
+
+# What the Evaluator computes, and so the only metrics a gate may name.
+GATED_METRICS = ("accuracy", "macro_accuracy", "class_accuracy")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """The gates a model must pass to be pushed (schemas/evaluation.json).
+
+    floors: lowest value allowed; max_drop_vs_serving: largest drop allowed against the model now
+    serving. Both name accuracy (top-1), macro_accuracy (mean of the per-class values) and
+    class_accuracy (per class: the share of its examples whose top-1 prediction is that class),
+    the latter per class name with a "default" for the classes not named.
+    """
+
+    model_name: str
+    split: str
+    floors: dict
+    max_drop_vs_serving: dict
+
+    @classmethod
+    def load(cls, classes, splits, path: str | Path | None = None) -> "EvaluationConfig":
+        raw = load_json("evaluation.json", path)
+        where = path or SCHEMAS_DIR / "evaluation.json"
+        try:
+            cfg = cls(**raw)
+        except TypeError as e:
+            raise UserError(f"Gating config {where} does not have the expected entries ({e}). "
+                            f"Compare it with the copy in the repository.") from None
+        cfg.check(classes, splits, where)
+        return cfg
+
+    def bound(self, section: str, metric: str, class_name: str | None = None) -> float | None:
+        value = getattr(self, section).get(metric)
+        if isinstance(value, dict):
+            return value.get(class_name, value.get("default"))
+        return value
+
+    def check(self, classes, splits, where) -> None:
+        """A gate on something never computed would fail every model: refuse it now."""
+        problems = []
+        if not _NAME.match(str(self.model_name)):
+            problems.append(f"model_name {self.model_name!r} must be 1-64 letters, digits, '_', "
+                            f"'.' or '-'")
+        if self.split not in splits:
+            problems.append(f"split {self.split!r} is not one of the splits {', '.join(splits)}")
+        for section in ("floors", "max_drop_vs_serving"):
+            for metric, value in getattr(self, section).items():
+                if metric not in GATED_METRICS:
+                    problems.append(f"{section} names the metric {metric!r}, which the Evaluator "
+                                    f"does not compute (it computes {', '.join(GATED_METRICS)})")
+                    continue
+                per_class = metric == "class_accuracy"
+                if per_class != isinstance(value, dict):
+                    problems.append(f"{section}.{metric} must be " + (
+                        'an object {"default": x, "<class>": y}' if per_class else "a number"))
+                    continue
+                values = value if per_class else {"": value}
+                for name, bound in values.items():
+                    if per_class and name not in (*classes, "default"):
+                        problems.append(f"{section}.class_accuracy names the class {name!r}; "
+                                        f"the classes are {', '.join(classes)} (or default)")
+                    if not isinstance(bound, (int, float)) or not 0 <= bound <= 1:
+                        problems.append(f"{section}.{metric}{'.' + name if name else ''} must be "
+                                        f"a number in [0, 1] (got {bound!r})")
+        if problems:
+            raise UserError(f"Gating config {where} is wrong: " + "; ".join(problems) + ".")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pipeline.errors import IntegrityError, UserError
 
-COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer")
+COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
+              "Evaluator", "Pusher")
 
 
 def parse_args(argv):
@@ -28,6 +29,11 @@ def parse_args(argv):
         "--pipeline-root", metavar="DIR", default="pipeline_root",
         help="where every component writes its outputs, one folder per execution "
              "(default: ./pipeline_root)")
+    parser.add_argument(
+        "--serving-dir", metavar="DIR", default="serving",
+        help="where blessed models are pushed, as <DIR>/<model_name>/<version>/ (TF Serving's "
+             "layout); the newest version there is the baseline a new model must not fall "
+             "behind (default: ./serving)")
     parser.add_argument(
         "--stop-after", metavar="COMPONENT", choices=COMPONENTS, default=COMPONENTS[-1],
         help=f"stop after this component; one of {', '.join(COMPONENTS)}")
@@ -50,6 +56,11 @@ def parse_args(argv):
         "--trainer-config", metavar="FILE",
         help="hyperparameters (default: schemas/trainer.json): learning rate, augmentation, "
              "class weighting, early stopping, learning-rate reduction, seed")
+    parser.add_argument(
+        "--evaluation-config", metavar="FILE",
+        help="the gates a model must pass to be pushed (default: schemas/evaluation.json): "
+             "floors for overall, macro and per-class accuracy, largest drop against the "
+             "serving model, model name, evaluation split")
     parser.add_argument(
         "--distribution", choices=("default", "mirrored", "multi_worker"), default="default",
         help="tf.distribute strategy for the Trainer: default (one device), mirrored (all GPUs "
@@ -98,7 +109,8 @@ def check_beam_args(beam_args) -> None:
 def run(args, beam_args) -> None:
     # Components are imported where first used: an input error surfaces before TensorFlow loads.
     from components import example_gen
-    from pipeline.config import SCHEMAS_DIR, IngestConfig, TrainerConfig, load_json
+    from pipeline.config import (SCHEMAS_DIR, EvaluationConfig, IngestConfig, TrainerConfig,
+                                 load_json)
 
     config = IngestConfig.load(args.ingest_config, max_bad_row_fraction=args.max_bad_rows)
     cli = {"epochs": args.epochs, "batch_size": args.batch_size}
@@ -107,6 +119,7 @@ def run(args, beam_args) -> None:
         args.data or args.trainer_config) else {}
     trainer_config = TrainerConfig.load(args.trainer_config, **{
         **builtin, **{k: v for k, v in cli.items() if v is not None}})
+    gates = EvaluationConfig.load(config.classes, config.splits, args.evaluation_config)
     validation = load_json("validation.json")
     curated_schema = SCHEMAS_DIR / "schema.pbtxt"
     root = Path(args.pipeline_root).resolve()
@@ -158,6 +171,37 @@ def run(args, beam_args) -> None:
     print(f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
           f"{best['val_accuracy']:.3f} at epoch {summary['best_epoch']}; SavedModel "
           f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {trained}/logs")
+    if done("Trainer"):
+        return
+
+    from components import evaluator, pusher
+    from pipeline import report, serving
+
+    baseline = serving.latest(args.serving_dir, gates.model_name)
+    evaluated, evaluation = _execute(root, "Evaluator", lambda out: evaluator.run(
+        summary["serving_model"], examples, out, gates, config.classes,
+        baseline and str(baseline), beam_args))
+    values = evaluation["metrics"]["candidate"]
+    print(f"Evaluator: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'} on "
+          f"{evaluation['examples']:,} {gates.split} examples: accuracy "
+          f"{values['accuracy']:.3f}, macro {values['macro_accuracy']:.3f}; compared with "
+          f"{baseline or 'no serving model'}")
+    for reason in evaluation["reasons"]:
+        print(f"  - {reason}")
+    if done("Evaluator"):
+        return
+
+    _, pushed = _execute(root, "Pusher", lambda out: pusher.run(
+        summary["serving_model"], args.serving_dir, gates.model_name, evaluation, out))
+    page = report.write(root / "reports" / f"{Path(evaluated).name}.html", evaluation,
+                        Path(trained) / "history.csv",
+                        Path(statistics_dir) / "Split-train" / "statistics.html", pushed)
+    if pushed["pushed"]:
+        print(f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}")
+    else:
+        print(f"Pusher: not pushed (not blessed); still serving {baseline or 'nothing yet'}; "
+              f"the model stays in {summary['serving_model']}")
+    print(f"Report: {page}")
 
 
 def _execute(root: Path, component: str, body):

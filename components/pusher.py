@@ -1,0 +1,62 @@
+"""Pusher: a blessed SavedModel becomes the next version in the serving directory, atomically.
+
+Layout (TF Serving's): <serving_dir>/<model_name>/<version>/ with version = 1, 2, 3, ... The model
+is copied into a hidden folder beside the versions (saved_model.pb last, every file flushed to
+disk), then renamed to its version number in one step: TF Serving, predict and the next run's
+Evaluator never see a half-copied model. Existing versions are never overwritten or removed.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+from pipeline import serving
+from pipeline.errors import UserError
+
+_PARTIAL = ".partial-"
+
+
+def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
+        output_dir: str) -> dict:
+    """Push model_dir if `evaluation` blessed it; returns (and stores) what was done and why."""
+    if not evaluation["blessed"]:
+        result = {"pushed": False, "reasons": evaluation["reasons"]}
+    else:
+        target = _push(Path(model_dir), Path(serving_dir) / model_name)
+        result = {"pushed": True, "version": int(target.name), "path": str(target)}
+    Path(output_dir, "pushed.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _push(model: Path, model_root: Path) -> Path:
+    try:
+        model_root.mkdir(parents=True, exist_ok=True)
+        for stale in model_root.glob(_PARTIAL + "*"):  # left by an interrupted push
+            shutil.rmtree(stale, ignore_errors=True)
+        version = max(serving.versions(model_root), default=0) + 1
+        partial = model_root / f"{_PARTIAL}{version}"
+        shutil.copytree(model, partial, ignore=lambda d, names: (
+            ["saved_model.pb"] if Path(d) == model else []))
+        shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
+        _flush(partial)
+        while (model_root / str(version)).exists():  # never replace a version
+            version += 1
+        target = model_root / str(version)
+        os.rename(partial, target)
+        _flush(model_root)
+        return target
+    except OSError as e:
+        raise UserError(f"Could not push the model into {model_root}: {e.strerror or e}. "
+                        f"Check that the serving directory is writable and has space; the "
+                        f"versions already there are untouched.") from None
+
+
+def _flush(folder: Path) -> None:
+    """fsync every file and the folder itself, so the rename publishes data already on disk."""
+    for path in [*folder.rglob("*"), folder]:
+        if path.is_file() or path == folder:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

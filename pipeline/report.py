@@ -1,0 +1,104 @@
+"""One HTML page per run, to look at rather than read: the blessing, the confusion matrix, per-class
+accuracy against its gates, training curves, and a link to the TFDV statistics."""
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+import numpy as np  # noqa: E402
+
+
+def write(path: Path, evaluation: dict, history_csv: Path, statistics_html: Path,
+          pushed: dict) -> Path:
+    classes = evaluation["classes"]
+    metrics = evaluation["metrics"]["candidate"]
+    verdict = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
+    outcome = (f"pushed as version {pushed['version']}: {pushed['path']}" if pushed["pushed"]
+               else "not pushed; the serving model is unchanged")
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in evaluation["reasons"])
+    figures = [_confusion(evaluation["confusion_matrix"], classes),
+               _per_class(evaluation, classes), _curves(history_csv)]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FER run: {verdict}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
+.ok{{color:#1a7f37}}.no{{color:#c0392b}}img{{max-width:100%}}td{{padding:2px 10px}}</style>
+</head><body>
+<h1 class="{'ok' if evaluation['blessed'] else 'no'}">{verdict}</h1>
+<p>Model {html.escape(evaluation['model'])}: {html.escape(outcome)}.<br>
+Compared with {html.escape(evaluation['baseline'] or 'no serving model (first push)')}.</p>
+{f'<h2>Why not</h2><ul>{reasons}</ul>' if reasons else ''}
+<table><tr><td>{evaluation['split']} examples</td><td>{evaluation['examples']:,}</td></tr>
+<tr><td>overall accuracy</td><td>{metrics['accuracy']:.3f}</td></tr>
+<tr><td>macro-averaged accuracy</td><td>{metrics['macro_accuracy']:.3f}</td></tr></table>
+{''.join(f'<p><img src="data:image/png;base64,{f}"></p>' for f in figures if f)}
+<p>Data statistics (TFDV): <a href="{statistics_html.as_uri()}">{html.escape(str(statistics_html))}</a></p>
+</body></html>"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _confusion(matrix, classes) -> str:
+    counts = np.array(matrix)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, n, ha="center", va="center", fontsize=8,
+                color="white" if shares[i, j] > 0.5 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
+           ylabel="actual", title="Confusion matrix (counts; colour: share of the actual class)")
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    figure.colorbar(image, ax=ax)
+    return _png(figure)
+
+
+def _per_class(evaluation, classes) -> str:
+    values = [evaluation["metrics"]["candidate"]["class_accuracy"][c] for c in classes]
+    floors = evaluation["gates"]["floors"].get("class_accuracy", {})
+    x = np.arange(len(classes))
+    figure, ax = plt.subplots(figsize=(8, 4))
+    baseline = evaluation["metrics"].get("baseline")
+    width = 0.4 if baseline else 0.7
+    ax.bar(x - (width / 2 if baseline else 0), values, width, label="this model")
+    if baseline:
+        ax.bar(x + width / 2, [baseline["class_accuracy"][c] for c in classes], width,
+               label="serving model", color="#bbbbbb")
+    bounds = [floors.get(c, floors.get("default")) for c in classes]
+    if any(b is not None for b in bounds):
+        ax.scatter(x, [b if b is not None else np.nan for b in bounds], marker="_", s=900,
+                   color="#c0392b", label="floor", zorder=3)
+    ax.set(xticks=x, ylim=(0, 1), ylabel="accuracy (top-1 recall)",
+           title="Per-class accuracy against its gate")
+    ax.set_xticklabels(classes)
+    ax.legend(loc="lower right")
+    return _png(figure)
+
+
+def _curves(history_csv: Path) -> str | None:
+    if not history_csv.exists():
+        return None
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [float(r[metric]) for r in rows], "o-", label="train")
+        ax.plot(epochs, [float(r["val_" + metric]) for r in rows], "o-", label="eval")
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+    return _png(figure)
