@@ -54,9 +54,10 @@ class Chunk:
     layout: fer_csv.Layout
 
 
-def run(data: str, output_dir: str, config: IngestConfig,
+def run(data: str | list[str], output_dir: str, config: IngestConfig,
         beam_args: Sequence[str] = ()) -> dict:
-    """Ingest `data` (a CSV path, directory or glob; plain or gzip) into output_dir.
+    """Ingest `data` (a CSV path, directory or glob, or a list of them; plain or gzip) into
+    output_dir.
 
     Returns the counts also written to counts.json. Raises UserError for bad input
     and IntegrityError if the output does not account for every input line.
@@ -90,15 +91,16 @@ def run(data: str, output_dir: str, config: IngestConfig,
     return counts
 
 
-def _match(data: str) -> list[str]:
-    pattern = os.path.join(data, "*") if os.path.isdir(data) else data
+def _match(data: str | list[str]) -> list[str]:
+    patterns = [os.path.join(d, "*") if os.path.isdir(d) else d
+                for d in ([data] if isinstance(data, str) else data)]
     try:
-        found = FileSystems.match([pattern])[0].metadata_list
+        found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
     except Exception as e:  # Beam raises BeamIOError with a nested reason
         found, why = [], f" ({e})"
     else:
         why = ""
-    paths = sorted(m.path for m in found if not os.path.basename(m.path).startswith("."))
+    paths = sorted({m.path for m in found if not os.path.basename(m.path).startswith(".")})
     if not paths:
         raise UserError(
             f"No input file matches {data!r}{why}. Check the path; pass one CSV, a directory of "

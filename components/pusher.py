@@ -5,6 +5,7 @@ is copied into a hidden folder beside the versions (saved_model.pb last, every f
 disk), then renamed to its version number in one step: TF Serving, predict and the next run's
 Evaluator never see a half-copied model. Existing versions are never overwritten or removed.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -31,24 +32,30 @@ def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
 def _push(model: Path, model_root: Path) -> Path:
     try:
         model_root.mkdir(parents=True, exist_ok=True)
-        for stale in model_root.glob(_PARTIAL + "*"):  # left by an interrupted push
-            shutil.rmtree(stale, ignore_errors=True)
-        version = max(serving.versions(model_root), default=0) + 1
-        partial = model_root / f"{_PARTIAL}{version}"
-        shutil.copytree(model, partial, ignore=lambda d, names: (
-            ["saved_model.pb"] if Path(d) == model else []))
-        shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
-        _flush(partial)
-        while (model_root / str(version)).exists():  # never replace a version
-            version += 1
-        target = model_root / str(version)
-        os.rename(partial, target)
-        _flush(model_root)
-        return target
+        with open(model_root / ".lock", "a") as lock:  # pipelines with other roots may push here
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _copy_in(model, model_root)
     except OSError as e:
         raise UserError(f"Could not push the model into {model_root}: {e.strerror or e}. "
                         f"Check that the serving directory is writable and has space; the "
                         f"versions already there are untouched.") from None
+
+
+def _copy_in(model: Path, model_root: Path) -> Path:
+    for stale in model_root.glob(_PARTIAL + "*"):  # left by an interrupted push
+        shutil.rmtree(stale, ignore_errors=True)
+    version = max(serving.versions(model_root), default=0) + 1
+    partial = model_root / f"{_PARTIAL}{version}"
+    shutil.copytree(model, partial, ignore=lambda d, names: (
+        ["saved_model.pb"] if Path(d) == model else []))
+    shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
+    _flush(partial)
+    while (model_root / str(version)).exists():  # never replace a version
+        version += 1
+    target = model_root / str(version)
+    os.rename(partial, target)
+    _flush(model_root)
+    return target
 
 
 def _flush(folder: Path) -> None:

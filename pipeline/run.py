@@ -5,9 +5,14 @@ Flags this program does not know are passed to Apache Beam, e.g.
 --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py
 """
 import argparse
+import contextlib
+import dataclasses
 import json
+import os
 import sys
 import textwrap
+import time
+import typing
 from pathlib import Path
 
 from pipeline.errors import IntegrityError, UserError
@@ -25,6 +30,10 @@ def parse_args(argv):
         help="FER CSV input: one file, a directory of shards, or a quoted glob; plain or gzip; "
              "local or any filesystem Beam knows (gs://...). Default: built-in synthetic faces, "
              "generated once under the pipeline root.")
+    parser.add_argument(
+        "--spans", metavar="N", type=int, default=1,
+        help="when --data is a folder of dated drops (span-YYYYMMDD/), train on the newest N of "
+             "them (default: 1)")
     parser.add_argument(
         "--pipeline-root", metavar="DIR", default="pipeline_root",
         help="where every component writes its outputs, one folder per execution "
@@ -108,7 +117,6 @@ def check_beam_args(beam_args) -> None:
 
 def run(args, beam_args) -> None:
     # Components are imported where first used: an input error surfaces before TensorFlow loads.
-    from components import example_gen
     from pipeline.config import (SCHEMAS_DIR, EvaluationConfig, IngestConfig, TrainerConfig,
                                  load_json)
 
@@ -123,29 +131,45 @@ def run(args, beam_args) -> None:
     validation = load_json("validation.json")
     curated_schema = SCHEMAS_DIR / "schema.pbtxt"
     root = Path(args.pipeline_root).resolve()
-    data = args.data or str(_default_data(root))
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(root):
+        _run(args, beam_args, root, config, trainer_config, gates, validation, curated_schema)
+
+
+def _run(args, beam_args, root, config, trainer_config, gates, validation, curated_schema):
+    from components import example_gen
+    from pipeline import metadata
+
+    data = _newest_spans(args.data, args.spans) if args.data else str(_default_data(root))
+    steps = _Steps(root, metadata.Store(root))
 
     def done(component: str) -> bool:
         return args.stop_after == component
 
-    examples, counts = _execute(root, "ExampleGen", lambda out: example_gen.run(
-        data, out, config, beam_args))
-    print(_summary(counts))
+    files = metadata.file_fingerprints(data)
+    examples = steps.run("ExampleGen", {"data": data, "config": dataclasses.asdict(config)},
+                         list(zip(steps.store.input_files(files), files.values())),
+                         lambda out: example_gen.run(data, out, config, beam_args))
+    print(_summary(examples.result))
     if done("ExampleGen"):
         return
 
     from components import example_validator, schema_gen, statistics_gen
 
     schema = schema_gen.load_curated(curated_schema) if curated_schema.exists() else None
-    statistics_dir, statistics = _execute(root, "StatisticsGen", lambda out: statistics_gen.run(
-        examples, out, config.splits, validation["exposure"], schema, beam_args))
-    print(f"StatisticsGen: statistics of {', '.join(statistics)}; to look at them open "
-          f"{statistics_dir}/Split-train/statistics.html")
+    curated = curated_schema.read_text() if curated_schema.exists() else None
+    statistics = steps.run(
+        "StatisticsGen", {"exposure": validation["exposure"], "schema": curated}, [examples],
+        lambda out: statistics_gen.run(examples.folder, out, config.splits,
+                                       validation["exposure"], schema, beam_args))
+    print(f"StatisticsGen: statistics of {', '.join(statistics.result)}; to look at them open "
+          f"{statistics.folder}/Split-train/statistics.html")
     if done("StatisticsGen"):
         return
 
-    _, (schema_path, is_curated) = _execute(root, "SchemaGen", lambda out: schema_gen.run(
-        statistics["train"], out, curated_schema))
+    schema_step = steps.run("SchemaGen", {"schema": curated}, [statistics], lambda out: (
+        schema_gen.run(statistics.result["train"], out, curated_schema)))
+    schema_path, is_curated = schema_step.result
     source = (f"the curated {curated_schema}" if is_curated
               else "the schema TFDV inferred (no curated schemas/schema.pbtxt yet)")
     print(f"SchemaGen: validating against {source}; inferred for review: "
@@ -153,9 +177,12 @@ def run(args, beam_args) -> None:
     if done("SchemaGen"):
         return
 
-    previous = _previous_validated_statistics(root, validation["drift_split"])
-    _, findings = _execute(root, "ExampleValidator", lambda out: example_validator.run(
-        statistics, schema_path, out, validation, previous))
+    previous = _previous_validated_statistics(root, validation["drift_split"],
+                                              statistics.result["train"])
+    findings = steps.run(
+        "ExampleValidator", {"policy": validation, "previous": previous},
+        [statistics, schema_step], lambda out: example_validator.run(
+            statistics.result, schema_path, out, validation, previous)).result
     for f in findings:
         print(f"  warning [{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}")
     print(f"ExampleValidator: data passed ({len(findings)} warning(s); drift checked against "
@@ -164,23 +191,41 @@ def run(args, beam_args) -> None:
         return
 
     from components import trainer
+    from pipeline import serving
 
-    trained, summary = _execute(root, "Trainer", lambda out: trainer.run(
-        examples, out, trainer_config, config, args.distribution))
+    trained = steps.run(
+        "Trainer", {"config": dataclasses.asdict(trainer_config),
+                    "distribution": args.distribution}, [examples],
+        lambda out: trainer.run(examples.folder, out, trainer_config, config, args.distribution),
+        resumable=True)
+    summary = trained.result
     best = summary["best_eval"]
     print(f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
           f"{best['val_accuracy']:.3f} at epoch {summary['best_epoch']}; SavedModel "
-          f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {trained}/logs")
+          f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {trained.folder}/logs")
     if done("Trainer"):
         return
 
-    from components import evaluator, pusher
-    from pipeline import report, serving
-
+    metadata_line = (f"Metadata: {root / 'metadata.sqlite'} (python -m pipeline.lineage "
+                     f"--pipeline-root {root} --serving-dir {args.serving_dir})")
     baseline = serving.latest(args.serving_dir, gates.model_name)
-    evaluated, evaluation = _execute(root, "Evaluator", lambda out: evaluator.run(
-        summary["serving_model"], examples, out, gates, config.classes,
-        baseline and str(baseline), beam_args))
+    if trained.cached and baseline and metadata.tree_fingerprint(
+            Path(summary["serving_model"])) == metadata.tree_fingerprint(baseline):
+        print(f"Nothing new: the data, parameters and code are those of an earlier run, whose "
+              f"model already serves as {baseline}.")
+        print(metadata_line)
+        return
+
+    from components import evaluator, pusher
+    from pipeline import report
+
+    evaluated = steps.run(
+        "Evaluator", {"gates": dataclasses.asdict(gates), "baseline": str(baseline),
+                      "baseline_content": metadata.tree_fingerprint(baseline)},
+        [trained, examples], lambda out: evaluator.run(
+            summary["serving_model"], examples.folder, out, gates, config.classes,
+            baseline and str(baseline), beam_args))
+    evaluation = evaluated.result
     values = evaluation["metrics"]["candidate"]
     print(f"Evaluator: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'} on "
           f"{evaluation['examples']:,} {gates.split} examples: accuracy "
@@ -191,38 +236,124 @@ def run(args, beam_args) -> None:
     if done("Evaluator"):
         return
 
-    _, pushed = _execute(root, "Pusher", lambda out: pusher.run(
-        summary["serving_model"], args.serving_dir, gates.model_name, evaluation, out))
-    page = report.write(root / "reports" / f"{Path(evaluated).name}.html", evaluation,
-                        Path(trained) / "history.csv",
-                        Path(statistics_dir) / "Split-train" / "statistics.html", pushed)
+    pushed = steps.run(
+        "Pusher", {"serving_dir": str(Path(args.serving_dir).resolve()),
+                   "model_name": gates.model_name}, [trained, evaluated],
+        lambda out: pusher.run(summary["serving_model"], args.serving_dir, gates.model_name,
+                               evaluation, out),
+        uri=lambda result: result.get("path", "")).result
+    page = report.write(root / "reports" / f"{Path(evaluated.folder).name}.html", evaluation,
+                        Path(trained.folder) / "history.csv",
+                        Path(statistics.folder) / "Split-train" / "statistics.html", pushed)
     if pushed["pushed"]:
         print(f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}")
     else:
         print(f"Pusher: not pushed (not blessed); still serving {baseline or 'nothing yet'}; "
               f"the model stays in {summary['serving_model']}")
     print(f"Report: {page}")
+    print(metadata_line)
 
 
-def _execute(root: Path, component: str, body):
-    """Run one component into a fresh execution folder; mark it complete only if it succeeds."""
-    out = _new_execution_dir(root, component)
-    result = body(str(out))
-    (out / "_COMPLETE").touch()
-    return str(out), result
+class _Step(typing.NamedTuple):
+    folder: str
+    result: typing.Any
+    artifact: int
+    fingerprint: str
+    cached: bool
 
 
-def _previous_validated_statistics(root: Path, split: str) -> str | None:
-    """The statistics of `split` that the newest successful ExampleValidator approved."""
+class _Steps:
+    """Runs components as recorded, cached executions (pipeline.metadata)."""
+
+    def __init__(self, root: Path, store):
+        from pipeline import metadata
+
+        self.root, self.store, self.code = root, store, metadata.code_version()
+
+    def run(self, component: str, parameters: dict, inputs: list, body, resumable=False,
+            uri=None) -> _Step:
+        """Reuse a finished execution with the same fingerprint, or run one into a fresh folder
+        (or, if `resumable`, into the folder of an unfinished one) and mark it complete only if
+        it succeeds. An execution with effects outside the root (`uri` given) always runs."""
+        from pipeline import metadata
+
+        inputs = [(i.artifact, i.fingerprint) if isinstance(i, _Step) else i for i in inputs]
+        print_ = metadata.fingerprint(component, parameters, [p for _, p in inputs], self.code)
+        hit = None if uri else self.store.cached(component, print_)
+        if hit:
+            execution, folder, result = hit
+            self.store.associate(execution)
+            print(f"{component}: reusing {folder} (same inputs, parameters and code)")
+            return _Step(str(folder), result, self.store.output_of(execution), print_, True)
+        folder = self.store.unfinished(component, print_) if resumable else None
+        if folder:
+            print(f"{component}: continuing the unfinished execution {folder}")
+        else:
+            folder = _new_execution_dir(self.root, component)
+        execution = self.store.start(component, print_, parameters, [a for a, _ in inputs],
+                                     folder)
+        try:
+            result = json.loads(json.dumps(body(str(folder)), default=str))
+        except BaseException:
+            self.store.fail(execution)
+            raise
+        (folder / "_COMPLETE").touch()
+        artifact = self.store.finish(execution, component, uri(result) if uri else str(folder),
+                                     result)
+        return _Step(str(folder), result, artifact, print_, False)
+
+
+@contextlib.contextmanager
+def _lock(root: Path):
+    """One run at a time per pipeline root: a second one exits at once and says why."""
+    import fcntl
+
+    with open(root / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"Another run is using the pipeline root {root} ({holder}). Wait "
+                            f"for it to finish, or give this run its own --pipeline-root."
+                            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+
+
+def _previous_validated_statistics(root: Path, split: str, now: str) -> str | None:
+    """The statistics of `split` that the newest successful ExampleValidator approved, other than
+    this run's own (a reused StatisticsGen execution)."""
     runs = sorted((p for p in (root / "ExampleValidator").glob("*") if p.name.isdigit()),
                   key=lambda p: int(p.name), reverse=True)
     for run_dir in runs:
         report = run_dir / "anomalies.json"
         if (run_dir / "_COMPLETE").exists() and report.exists():
             path = json.loads(report.read_text())["statistics"].get(split)
-            if path and Path(path).exists():
+            if path and Path(path).exists() and path != now:
                 return path
     return None
+
+
+def _newest_spans(data: str, window: int) -> str | list[str]:
+    """A folder of dated drops (span-YYYYMMDD/) means its newest `window` spans; anything else
+    (a file, a glob, a growing folder of shards) is taken as it is."""
+    import re
+
+    if window < 1:
+        raise UserError(f"--spans must be 1 or more (got {window}).")
+    if not Path(data).is_dir():
+        return data
+    spans = sorted(p for p in Path(data).iterdir()
+                   if p.is_dir() and re.fullmatch(r"span-\d{8}", p.name))
+    if not spans:
+        return data
+    chosen = spans[-window:]
+    print(f"Spans: {', '.join(p.name for p in chosen)} (the newest {len(chosen)} of "
+          f"{len(spans)} in {data})")
+    return [str(p) for p in chosen]
 
 
 def _default_data(root: Path) -> Path:

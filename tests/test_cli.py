@@ -27,7 +27,15 @@ def test_run_ingests_and_reports_reconciled_counts(tmp_path):
     assert "reconciled: 12 = 12 written + 0 quarantined + 0 blank" in result.stdout
     out = tmp_path / "root" / "ExampleGen" / "1"
     assert (out / "_COMPLETE").exists() and (out / "counts.json").exists()
-    # A second run never rewrites the first one's outputs.
+    # A second run on the same input reuses the first one's outputs and does not rewrite them.
+    stamp = (out / "counts.json").stat().st_mtime_ns
+    again = run_cli("--data", str(data), "--pipeline-root", str(tmp_path / "root"),
+                    "--stop-after", "ExampleGen", cwd=tmp_path)
+    assert again.returncode == 0 and f"ExampleGen: reusing {out}" in again.stdout
+    assert not (tmp_path / "root" / "ExampleGen" / "2").exists()
+    assert (out / "counts.json").stat().st_mtime_ns == stamp
+    # Changed input: a new execution beside the first.
+    write_csv(tmp_path / "fer.csv", valid_rows(13))
     assert run_cli("--data", str(data), "--pipeline-root", str(tmp_path / "root"),
                    "--stop-after", "ExampleGen", cwd=tmp_path).returncode == 0
     assert (tmp_path / "root" / "ExampleGen" / "2" / "_COMPLETE").exists()

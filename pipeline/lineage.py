@@ -1,0 +1,100 @@
+"""Which data and code produced a serving version: its lineage from ML Metadata.
+
+    python -m pipeline.lineage [--pipeline-root DIR] [--serving-dir DIR] [--model-name fer]
+                               [--version N]
+
+Walks back from the pushed model (default: the newest version) through every execution that led
+to it, printing each one's component, folder, code version and parameters, down to the input
+files with their sha256.
+"""
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.lineage", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-root", default="pipeline_root", metavar="DIR")
+    parser.add_argument("--serving-dir", default="serving", metavar="DIR")
+    parser.add_argument("--model-name", default="fer")
+    parser.add_argument("--version", type=int, help="default: the newest version")
+    args = parser.parse_args(argv)
+    try:
+        print("\n".join(lineage(Path(args.pipeline_root), Path(args.serving_dir),
+                                args.model_name, args.version)))
+    except UserError as e:
+        print(textwrap.fill(f"error: {e}", width=100, break_on_hyphens=False,
+                            break_long_words=False), file=sys.stderr)
+        return 2
+    return 0
+
+
+def lineage(root: Path, serving_dir: Path, model_name: str, version: int | None) -> list[str]:
+    from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+    from pipeline import metadata, serving
+
+    if not (root / "metadata.sqlite").exists():
+        raise UserError(f"{root} has no metadata.sqlite: it is not a pipeline root that ran.")
+    target = (serving_dir / model_name / str(version)) if version else serving.latest(
+        serving_dir, model_name)
+    if target is None or not target.exists():
+        raise UserError(f"No version {version or ''} of model {model_name!r} in {serving_dir}.")
+    store = metadata.Store.read_only(root)
+    pushed = [a for a in store.get_artifacts_by_type("PushedModel")
+              if Path(a.uri).resolve() == target.resolve()]
+    if not pushed:
+        raise UserError(f"{target} was not pushed by a run with pipeline root {root}; pass the "
+                        f"root of the run that pushed it.")
+    lines = [f"{target} came from:"]
+    seen = set()
+
+    def walk(artifact_id: int, depth: int) -> None:
+        events = store.get_events_by_artifact_ids([artifact_id])
+        for producer in [e.execution_id for e in events if e.type == mlmd.Event.OUTPUT]:
+            if producer in seen:
+                lines.append("  " * depth + f"(execution {producer}, shown above)")
+                continue
+            seen.add(producer)
+            [execution] = store.get_executions_by_id([producer])
+            [kind] = store.get_execution_types_by_id([execution.type_id])
+            props = execution.custom_properties
+            state = mlmd.Execution.State.Name(execution.last_known_state)
+            lines.append("  " * depth + f"{kind.name} (execution {execution.id}, {state}, commit "
+                         f"{props['commit'].string_value}, code {props['code'].string_value}): "
+                         f"{props['folder'].string_value}")
+            parameters = json.loads(props["parameters"].string_value)
+            for key, value in _flat(parameters):
+                text = json.dumps(value, sort_keys=True)
+                lines.append("  " * depth + f"  {key} = "
+                             f"{text if len(text) < 120 else text[:117] + '...'}")
+            inputs = [e.artifact_id for e in store.get_events_by_execution_ids([producer])
+                      if e.type == mlmd.Event.INPUT]
+            for artifact in store.get_artifacts_by_id(inputs):
+                sha = artifact.custom_properties.get("sha256")
+                if sha is not None:
+                    lines.append("  " * depth + f"  input file {artifact.uri} "
+                                 f"sha256 {sha.string_value}")
+                else:
+                    walk(artifact.id, depth + 1)
+
+    walk(pushed[-1].id, 1)
+    return lines
+
+
+def _flat(parameters: dict, prefix: str = ""):
+    """config.epochs = 1 rather than one long line per component."""
+    for key, value in sorted(parameters.items()):
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""ML Metadata for the pipeline root: lineage, and the cache of executions.
+
+Every execution is recorded in <root>/metadata.sqlite with its component, parameters, code
+version, state (RUNNING, then COMPLETE or FAILED), its input artifacts and its output artifact,
+and the run that asked for it (a context). So one can ask which data and code produced a model.
+
+An execution's fingerprint is a hash of its component, parameters, code and input fingerprints
+(input files by content). A COMPLETE execution with the same fingerprint whose folder is marked
+_COMPLETE is reused instead of run again; an unfinished one can be continued (the Trainer's).
+"""
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+_CODE_DIRS = ("components", "pipeline")
+OUTPUT_TYPES = {"ExampleGen": "Examples", "StatisticsGen": "ExampleStatistics",
+                "SchemaGen": "Schema", "ExampleValidator": "ExampleAnomalies",
+                "Trainer": "Model", "Evaluator": "ModelEvaluation", "Pusher": "PushedModel"}
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_version() -> str:
+    """A hash of the pipeline's own source: changed code is never served from the cache."""
+    digest = hashlib.sha256()
+    base = Path(__file__).resolve().parent.parent
+    for folder in _CODE_DIRS:
+        for path in sorted((base / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(base)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def source_commit() -> str:
+    """The git commit of the checkout, for people reading the lineage ("+changes" if dirty)."""
+    import subprocess
+
+    base = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(base), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(base), "status", "--porcelain", "--",
+                                *_CODE_DIRS], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+changes" if dirty.strip() else "")) if commit else "unknown"
+
+
+def file_fingerprints(data: str | list[str]) -> dict[str, str]:
+    """sha256 of the raw bytes of every file the input names (files, folders or globs)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    patterns = [os.path.join(d, "*") if os.path.isdir(d) else d
+                for d in ([data] if isinstance(data, str) else data)]
+    try:
+        found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
+    except Exception:  # nothing matched: ExampleGen reports it properly
+        return {}
+    prints = {}
+    for path in sorted({m.path for m in found if not os.path.basename(m.path).startswith(".")}):
+        digest = hashlib.sha256()
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        prints[path] = digest.hexdigest()
+    return prints
+
+
+def tree_fingerprint(folder: Path) -> str | None:
+    """Content hash of a folder (a SavedModel): the same model under another path is the same."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _connect(root: Path, mode) -> metadata_store.MetadataStore:
+    config = mlmd.ConnectionConfig()
+    config.sqlite.filename_uri = str(root / "metadata.sqlite")
+    config.sqlite.connection_mode = mode
+    return metadata_store.MetadataStore(config)
+
+
+class Store:
+    """The pipeline root's ML Metadata store, and the run (context) now using it."""
+
+    def __init__(self, root: Path):
+        self.store = _connect(root, mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE)
+        self._types = {}
+        run_type = self._type("context", "PipelineRun")
+        self.run = mlmd.Context(type_id=run_type, name=f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+                                                       f"-{os.getpid()}")
+        [self.run.id] = self.store.put_contexts([self.run])
+
+    @staticmethod
+    def read_only(root: Path) -> metadata_store.MetadataStore:
+        """The bare store, for questions (pipeline.lineage); no run is recorded."""
+        return _connect(root, mlmd.SqliteMetadataSourceConfig.READONLY)
+
+    def _type(self, kind: str, name: str) -> int:
+        if (kind, name) not in self._types:
+            proto = {"artifact": mlmd.ArtifactType, "execution": mlmd.ExecutionType,
+                     "context": mlmd.ContextType}[kind](name=name)
+            put = {"artifact": self.store.put_artifact_type,
+                   "execution": self.store.put_execution_type,
+                   "context": self.store.put_context_type}[kind]
+            self._types[(kind, name)] = put(proto)
+        return self._types[(kind, name)]
+
+    def _executions(self, component: str, print_: str):
+        self._type("execution", component)
+        found = [e for e in self.store.get_executions_by_type(component)
+                 if e.custom_properties["fingerprint"].string_value == print_]
+        return sorted(found, key=lambda e: e.id, reverse=True)
+
+    def cached(self, component: str, print_: str):
+        """(execution, folder, result) of a finished execution with this fingerprint, or None."""
+        for e in self._executions(component, print_):
+            folder = Path(e.custom_properties["folder"].string_value)
+            if e.last_known_state == mlmd.Execution.COMPLETE and (folder / "_COMPLETE").exists():
+                return e, folder, json.loads(e.custom_properties["result"].string_value)
+        return None
+
+    def unfinished(self, component: str, print_: str) -> Path | None:
+        """The folder of an execution with this fingerprint that never finished (killed)."""
+        for e in self._executions(component, print_):
+            folder = Path(e.custom_properties["folder"].string_value)
+            if e.last_known_state != mlmd.Execution.COMPLETE and folder.is_dir() and not (
+                    folder / "_COMPLETE").exists():
+                return folder
+        return None
+
+    def start(self, component: str, print_: str, parameters: dict, inputs: list[int],
+              folder: Path) -> mlmd.Execution:
+        e = mlmd.Execution(type_id=self._type("execution", component),
+                           last_known_state=mlmd.Execution.RUNNING)
+        for key, value in {"fingerprint": print_, "folder": str(folder), "code": code_version(),
+                           "commit": source_commit(),
+                           "parameters": json.dumps(parameters, sort_keys=True, default=str),
+                           "pid": str(os.getpid())}.items():
+            e.custom_properties[key].string_value = value
+        [e.id] = self.store.put_executions([e])
+        events = [mlmd.Event(artifact_id=a, execution_id=e.id, type=mlmd.Event.INPUT)
+                  for a in inputs]
+        if events:
+            self.store.put_events(events)
+        self.associate(e)
+        return e
+
+    def associate(self, e: mlmd.Execution) -> None:
+        self.store.put_attributions_and_associations(
+            [], [mlmd.Association(context_id=self.run.id, execution_id=e.id)])
+
+    def finish(self, e: mlmd.Execution, component: str, uri: str, result, **properties) -> int:
+        """Mark the execution COMPLETE and record its output artifact; returns the artifact id."""
+        artifact = mlmd.Artifact(type_id=self._type("artifact", OUTPUT_TYPES[component]),
+                                 uri=uri, state=mlmd.Artifact.LIVE)
+        for key, value in {"fingerprint": e.custom_properties["fingerprint"].string_value,
+                           **properties}.items():
+            artifact.custom_properties[key].string_value = str(value)
+        [artifact_id] = self.store.put_artifacts([artifact])
+        e.last_known_state = mlmd.Execution.COMPLETE
+        e.custom_properties["result"].string_value = json.dumps(result, default=str)
+        self.store.put_executions([e])
+        self.store.put_events([mlmd.Event(artifact_id=artifact_id, execution_id=e.id,
+                                          type=mlmd.Event.OUTPUT)])
+        return artifact_id
+
+    def fail(self, e: mlmd.Execution) -> None:
+        e.last_known_state = mlmd.Execution.FAILED
+        self.store.put_executions([e])
+
+    def output_of(self, e: mlmd.Execution) -> int:
+        [event] = [v for v in self.store.get_events_by_execution_ids([e.id])
+                   if v.type == mlmd.Event.OUTPUT]
+        return event.artifact_id
+
+    def input_files(self, prints: dict[str, str]) -> list[int]:
+        """Artifacts for the input files (one per path and content), reused when known."""
+        type_id = self._type("artifact", "DataFile")
+        known = {(a.uri, a.custom_properties["sha256"].string_value): a.id
+                 for a in self.store.get_artifacts_by_type("DataFile")}
+        ids = []
+        for path, sha in prints.items():
+            if (path, sha) not in known:
+                artifact = mlmd.Artifact(type_id=type_id, uri=path, state=mlmd.Artifact.LIVE)
+                artifact.custom_properties["sha256"].string_value = sha
+                [known[(path, sha)]] = self.store.put_artifacts([artifact])
+            ids.append(known[(path, sha)])
+        return ids

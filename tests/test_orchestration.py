@@ -1,0 +1,111 @@
+"""pipeline.run as a whole: ML Metadata lineage, caching of unchanged executions, resuming a run
+killed during training, and one run at a time per pipeline root. Real components throughout."""
+import fcntl
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import default_data, serving
+from pipeline.config import SCHEMAS_DIR
+
+NO_FLOORS = {"accuracy": 0, "macro_accuracy": 0, "class_accuracy": {"default": 0}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("orchestration")
+    data = default_data.write_csv(base / "faces.csv", rows=900, seed=11)
+    gates = base / "gates.json"
+    raw = json.loads((SCHEMAS_DIR / "evaluation.json").read_text())
+    gates.write_text(json.dumps({**raw, "floors": NO_FLOORS, "max_drop_vs_serving": {}}))
+    return base, data, gates
+
+
+def command(base, data, gates, root="root", *extra):
+    return [sys.executable, "-m", "pipeline.run", "--data", str(data), "--pipeline-root",
+            str(base / root), "--serving-dir", str(base / "serving"), "--evaluation-config",
+            str(gates), "--batch-size", "32", *extra]
+
+
+def run(*args):
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def first(setup):
+    base, data, gates = setup
+    return run(*command(base, data, gates, "root", "--epochs", "1"))
+
+
+def test_an_identical_second_run_reuses_everything_and_trains_nothing(setup, first):
+    base, data, gates = setup
+    assert "now serving version 1" in first
+    again = run(*command(base, data, gates, "root", "--epochs", "1"))
+    for component in ("StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer"):
+        assert f"{component}: reusing {base / 'root' / component / '1'}" in again
+    assert "Nothing new" in again and "already serves as" in again
+    assert not (base / "root" / "Trainer" / "2").exists()
+    assert serving.versions(base / "serving" / "fer") == [1]
+
+
+def test_one_changed_hyperparameter_reruns_only_the_trainer_and_what_follows(setup, first):
+    base, data, gates = setup
+    changed = run(*command(base, data, gates, "root", "--epochs", "2"))
+    for component in ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"):
+        assert f"{component}: reusing" in changed
+    assert "Trainer: reusing" not in changed and "Trainer: 2 epoch(s)" in changed
+    assert (base / "root" / "Trainer" / "2" / "_COMPLETE").exists()
+    assert (base / "root" / "Evaluator" / "2" / "_COMPLETE").exists()
+
+
+def test_lineage_names_the_data_and_parameters_of_a_served_version(setup, first):
+    base, data, _ = setup
+    out = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root", str(base / "root"),
+              "--serving-dir", str(base / "serving"), "--version", "1")
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    assert out.startswith(f"{base / 'serving' / 'fer' / '1'} came from:")
+    assert f"input file {data} sha256 {sha}" in out
+    for component in ("Pusher", "Evaluator", "Trainer", "ExampleGen"):
+        assert f"{component} (execution" in out
+    assert "config.epochs = 1" in out and "config.batch_size = 32" in out and "COMPLETE" in out
+
+
+def test_a_second_run_on_a_busy_root_exits_with_a_clear_message(setup, first):
+    base, data, gates = setup
+    with open(base / "root" / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = subprocess.run(command(base, data, gates), capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Another run is using the pipeline root" in " ".join(result.stderr.split())
+
+
+def test_a_run_killed_during_training_continues_where_it_stopped(setup):
+    base, data, gates = setup
+    args = command(base, data, gates, "killed", "--epochs", "4")
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = base / "killed" / "Trainer" / "1" / "history.csv"
+    deadline = time.time() + 400
+    while time.time() < deadline and process.poll() is None:
+        # Two epochs logged: the backup of the first is on disk (it is taken before the second).
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (base / "killed" / "Trainer" / "1" / "_COMPLETE").exists()
+
+    resumed = run(*args)
+    assert "ExampleGen: reusing" in resumed and "ExampleValidator: reusing" in resumed
+    assert f"Trainer: continuing the unfinished execution {base / 'killed' / 'Trainer' / '1'}" \
+        in resumed
+    assert "resuming after epoch" in resumed and "Trainer: 4 epoch(s)" in resumed
+    assert not (base / "killed" / "Trainer" / "2").exists()
