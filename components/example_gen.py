@@ -28,7 +28,6 @@ import pyarrow as pa
 from apache_beam import coders
 from apache_beam.io import filebasedsink, tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.coders import example_coder
@@ -62,7 +61,7 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     Returns the counts also written to counts.json. Raises UserError for bad input
     and IntegrityError if the output does not account for every input line.
     """
-    files = _match(data)
+    files = fer_csv.input_files(data)
     chunks, lines_by_file = [], {}
     for path in files:
         file_chunks, lines = _index(path, config)
@@ -89,23 +88,6 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     _reconcile(counts, counters, output_dir)
     _check_quality(counts, config, output_dir)
     return counts
-
-
-def _match(data: str | list[str]) -> list[str]:
-    patterns = [os.path.join(d, "*") if os.path.isdir(d) else d
-                for d in ([data] if isinstance(data, str) else data)]
-    try:
-        found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
-    except Exception as e:  # Beam raises BeamIOError with a nested reason
-        found, why = [], f" ({e})"
-    else:
-        why = ""
-    paths = sorted({m.path for m in found if not os.path.basename(m.path).startswith(".")})
-    if not paths:
-        raise UserError(
-            f"No input file matches {data!r}{why}. Check the path; pass one CSV, a directory of "
-            f"CSV shards, or a quoted glob such as 'data/*.csv.gz'.")
-    return paths
 
 
 def _index(path: str, config: IngestConfig) -> tuple[list[Chunk], int]:

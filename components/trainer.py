@@ -39,7 +39,7 @@ import tf_keras as keras
 
 from components.model import build_cnn, compile_cnn
 from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig
-from pipeline.errors import UserError
+from pipeline.errors import UserError, report_error
 
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
 _PARSE_BLOCK = 256
@@ -354,8 +354,7 @@ def main(argv=None) -> int:
                                     batch_size=args.batch_size)
         summary = run(args.examples, args.output, config, IngestConfig.load(), args.distribution)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(json.dumps({k: summary[k] for k in ("replicas", "epochs_run", "best_eval")}))
     return 0
 

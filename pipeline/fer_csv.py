@@ -43,6 +43,29 @@ class TooLongLine:
     length: int
 
 
+def input_files(data: str | list[str]) -> list[str]:
+    """The files `data` names: CSV paths, folders of shards or globs, local or remote; hidden
+    files are skipped. Raises UserError when nothing matches."""
+    import os
+
+    from apache_beam.io.filesystems import FileSystems
+
+    patterns = [os.path.join(d, "*") if os.path.isdir(d) else d
+                for d in ([data] if isinstance(data, str) else data)]
+    try:
+        found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
+    except Exception as e:  # Beam raises BeamIOError with a nested reason
+        found, why = [], f" ({e})"
+    else:
+        why = ""
+    paths = sorted({m.path for m in found if not os.path.basename(m.path).startswith(".")})
+    if not paths:
+        raise UserError(
+            f"No input file matches {data!r}{why}. Check the path; pass one CSV, a directory of "
+            f"CSV shards, or a quoted glob such as 'data/*.csv.gz'.")
+    return paths
+
+
 def open_binary(path: str) -> tuple[BinaryIO, bool]:
     """Open a local or remote (gs://, s3://, hdfs://) file; return it and whether it is gzip.
 

@@ -10,10 +10,9 @@ files with their sha256.
 import argparse
 import json
 import sys
-import textwrap
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, report_error
 
 
 def main(argv=None) -> int:
@@ -28,9 +27,7 @@ def main(argv=None) -> int:
         print("\n".join(lineage(Path(args.pipeline_root), Path(args.serving_dir),
                                 args.model_name, args.version)))
     except UserError as e:
-        print(textwrap.fill(f"error: {e}", width=100, break_on_hyphens=False,
-                            break_long_words=False), file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

@@ -57,14 +57,15 @@ def file_fingerprints(data: str | list[str]) -> dict[str, str]:
     """sha256 of the raw bytes of every file the input names (files, folders or globs)."""
     from apache_beam.io.filesystems import FileSystems
 
-    patterns = [os.path.join(d, "*") if os.path.isdir(d) else d
-                for d in ([data] if isinstance(data, str) else data)]
+    from pipeline import fer_csv
+    from pipeline.errors import UserError
+
     try:
-        found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
-    except Exception:  # nothing matched: ExampleGen reports it properly
+        paths = fer_csv.input_files(data)
+    except UserError:  # nothing matched: ExampleGen says so, in its own words
         return {}
     prints = {}
-    for path in sorted({m.path for m in found if not os.path.basename(m.path).startswith(".")}):
+    for path in paths:
         digest = hashlib.sha256()
         with FileSystems.open(path, compression_type="uncompressed") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
@@ -141,10 +142,10 @@ class Store:
         return None
 
     def start(self, component: str, print_: str, parameters: dict, inputs: list[int],
-              folder: Path) -> mlmd.Execution:
+              folder: Path, code: str) -> mlmd.Execution:
         e = mlmd.Execution(type_id=self._type("execution", component),
                            last_known_state=mlmd.Execution.RUNNING)
-        for key, value in {"fingerprint": print_, "folder": str(folder), "code": code_version(),
+        for key, value in {"fingerprint": print_, "folder": str(folder), "code": code,
                            "commit": source_commit(),
                            "parameters": json.dumps(parameters, sort_keys=True, default=str),
                            "pid": str(os.getpid())}.items():

@@ -11,11 +11,10 @@ ignored). One line per face: the emotion, its probability, then every class's pr
 import argparse
 import csv
 import sys
-import textwrap
 from pathlib import Path
 
 from pipeline import serving
-from pipeline.errors import UserError
+from pipeline.errors import UserError, report_error
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
 
@@ -32,9 +31,7 @@ def main(argv=None) -> int:
             for source, answer in _predict(model, path):
                 print(_line(source, answer))
     except UserError as e:
-        print(textwrap.fill(f"error: {e}", width=100, break_on_hyphens=False,
-                            break_long_words=False), file=sys.stderr)
-        return 2
+        return report_error(e)
     return 0
 
 

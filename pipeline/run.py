@@ -10,12 +10,11 @@ import dataclasses
 import json
 import os
 import sys
-import textwrap
 import time
 import typing
 from pathlib import Path
 
-from pipeline.errors import IntegrityError, UserError
+from pipeline.errors import IntegrityError, UserError, report_error
 
 COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
               "Evaluator", "Pusher")
@@ -84,9 +83,7 @@ def main(argv=None) -> int:
         check_beam_args(beam_args)
         run(args, beam_args)
     except (UserError, IntegrityError) as e:
-        print(textwrap.fill(f"error: {e}", width=100, break_on_hyphens=False,
-                            break_long_words=False), file=sys.stderr)
-        return 2 if isinstance(e, UserError) else 3
+        return report_error(e)
     except KeyboardInterrupt:
         print("interrupted: the run stopped; outputs of unfinished steps are incomplete and "
               "will not be used.", file=sys.stderr)
@@ -291,7 +288,7 @@ class _Steps:
         else:
             folder = _new_execution_dir(self.root, component)
         execution = self.store.start(component, print_, parameters, [a for a, _ in inputs],
-                                     folder)
+                                     folder, self.code)
         try:
             result = json.loads(json.dumps(body(str(folder)), default=str))
         except BaseException:
