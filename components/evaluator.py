@@ -20,7 +20,9 @@ from pathlib import Path
 import tensorflow_model_analysis as tfma
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import serving
 from pipeline.config import LABEL_FEATURE, EvaluationConfig
+from pipeline.errors import UserError
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 _LABELS = {"accuracy": "overall accuracy", "macro_accuracy": "macro-averaged accuracy"}
@@ -30,6 +32,12 @@ def run(model_dir: str, examples_dir: str, output_dir: str, gates: EvaluationCon
         classes: tuple[str, ...], baseline_dir: str | None = None, beam_args=()) -> dict:
     """Evaluate model_dir (and the serving baseline_dir) on gates.split; returns evaluation.json."""
     out = Path(output_dir)
+    if baseline_dir:
+        try:
+            serving.load(baseline_dir)
+        except UserError as e:
+            raise UserError(f"{e} Nothing was pushed; run again afterwards: the trained model is "
+                            f"kept and will be reused.") from None
     eval_config = _eval_config(gates, baseline=baseline_dir is not None)
     models = [tfma.default_eval_shared_model(model_dir, model_name=CANDIDATE,
                                              eval_config=eval_config)]

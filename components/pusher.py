@@ -3,7 +3,8 @@
 Layout (TF Serving's): <serving_dir>/<model_name>/<version>/ with version = 1, 2, 3, ... The model
 is copied into a hidden folder beside the versions (saved_model.pb last, every file flushed to
 disk), then renamed to its version number in one step: TF Serving, predict and the next run's
-Evaluator never see a half-copied model. Existing versions are never overwritten or removed.
+Evaluator never see a half-copied model. Existing versions are never overwritten or removed, and
+the model serving already is not pushed again: pushing is idempotent.
 """
 import fcntl
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pipeline import serving
 from pipeline.errors import UserError
+from pipeline.metadata import tree_fingerprint
 
 _PARTIAL = ".partial-"
 
@@ -36,7 +38,10 @@ def _push(model: Path, model_root: Path) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return _copy_in(model, model_root)
     except OSError as e:
-        raise UserError(f"Could not push the model into {model_root}: {e.strerror or e}. "
+        if isinstance(e, shutil.Error):  # copytree lists (source, target, why) per failed file
+            e = e.args[0][0][2] if e.args and e.args[0] else e
+        why = getattr(e, "strerror", None) or str(e).split(":")[0]
+        raise UserError(f"Could not push the model into {model_root}: {why}. "
                         f"Check that the serving directory is writable and has space; the "
                         f"versions already there are untouched.") from None
 
@@ -44,12 +49,19 @@ def _push(model: Path, model_root: Path) -> Path:
 def _copy_in(model: Path, model_root: Path) -> Path:
     for stale in model_root.glob(_PARTIAL + "*"):  # left by an interrupted push
         shutil.rmtree(stale, ignore_errors=True)
-    version = max(serving.versions(model_root), default=0) + 1
+    newest = max(serving.versions(model_root), default=0)
+    if newest and tree_fingerprint(model_root / str(newest)) == tree_fingerprint(model):
+        return model_root / str(newest)  # pushed already (by a run that died before recording it)
+    version = newest + 1
     partial = model_root / f"{_PARTIAL}{version}"
-    shutil.copytree(model, partial, ignore=lambda d, names: (
-        ["saved_model.pb"] if Path(d) == model else []))
-    shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
-    _flush(partial)
+    try:
+        shutil.copytree(model, partial, ignore=lambda d, names: (
+            ["saved_model.pb"] if Path(d) == model else []))
+        shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
+        _flush(partial)
+    except BaseException:  # a full disk, say: give the space back, leave no half model behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     while (model_root / str(version)).exists():  # never replace a version
         version += 1
     target = model_root / str(version)

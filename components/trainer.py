@@ -39,7 +39,7 @@ import tf_keras as keras
 
 from components.model import build_cnn, compile_cnn
 from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig
-from pipeline.errors import UserError, report_error
+from pipeline.errors import IntegrityError, UserError, report_error
 
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
 _PARSE_BLOCK = 256
@@ -58,6 +58,11 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
     out = Path(output_dir) if chief and output_dir else Path(tempfile.mkdtemp(prefix="fer-worker-"))
     try:
         summary = _train(examples_dir, out, config, ingest, strategy, distribution, chief)
+    except tf.errors.DataLossError as e:
+        raise IntegrityError(
+            f"A TFRecord file under {examples_dir} is damaged ({e.message.splitlines()[0]}). "
+            f"Run again: the pipeline checks the files of every step it reuses and makes damaged "
+            f"ones anew.") from None
     finally:
         if out != Path(output_dir or ""):
             shutil.rmtree(out, ignore_errors=True)
@@ -353,7 +358,7 @@ def main(argv=None) -> int:
         config = TrainerConfig.load(args.trainer_config, epochs=args.epochs,
                                     batch_size=args.batch_size)
         summary = run(args.examples, args.output, config, IngestConfig.load(), args.distribution)
-    except UserError as e:
+    except (UserError, IntegrityError) as e:
         return report_error(e)
     print(json.dumps({k: summary[k] for k in ("replicas", "epochs_run", "best_eval")}))
     return 0

@@ -10,6 +10,7 @@ from pipeline.errors import UserError
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 # The tf.Example features ExampleGen writes and every later component reads.
 LABEL_FEATURE, PIXELS_FEATURE = "emotion", "pixels"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as one folder name
 
 
 def load_json(name: str, path: str | Path | None = None) -> dict:
@@ -87,6 +88,9 @@ class IngestConfig:
             problems.append(f"max_bad_row_fraction must lie in [0, 1] (got {self.max_bad_row_fraction})")
         if len(self.classes) < 2:
             problems.append("classes must name at least two classes")
+        bad = [s for s in self.hash_split if not _NAME.fullmatch(s)]
+        if bad:  # each split becomes a folder Split-<name>
+            problems.append(f"split names {bad} must be 1-64 letters, digits, '_', '.' or '-'")
         if problems:
             raise UserError(f"Ingestion config {where} is inconsistent: " + "; ".join(problems) + ".")
 
@@ -147,7 +151,6 @@ class TrainerConfig:
 
 # What the Evaluator computes, and so the only metrics a gate may name.
 GATED_METRICS = ("accuracy", "macro_accuracy", "class_accuracy")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +189,7 @@ class EvaluationConfig:
     def check(self, classes, splits, where) -> None:
         """A gate on something never computed would fail every model: refuse it now."""
         problems = []
-        if not _NAME.match(str(self.model_name)):
+        if not _NAME.fullmatch(str(self.model_name)):
             problems.append(f"model_name {self.model_name!r} must be 1-64 letters, digits, '_', "
                             f"'.' or '-'")
         if self.split not in splits:

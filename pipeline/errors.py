@@ -1,4 +1,5 @@
 """Errors a user can fix. The CLI prints them as one paragraph, without a traceback."""
+import errno
 import sys
 import textwrap
 
@@ -13,6 +14,37 @@ class IntegrityError(Exception):
     Not the user's fault, but it must stop the run loudly rather than let a
     partial dataset through.
     """
+
+
+# Failures of the machine rather than of the code, as the OS words them. Beam and TensorFlow
+# re-raise them as their own exception types, so they are recognised by their words too.
+_DISK_ERRORS = {
+    errno.ENOSPC: ("No space left on device", "free space there"),
+    errno.EDQUOT: ("Disk quota exceeded", "free space there or raise the quota"),
+    errno.EROFS: ("Read-only file system", "make it writable"),
+    errno.EACCES: ("Permission denied", "give this user write access"),
+}
+
+
+def disk_error(e: BaseException, where: str) -> UserError | None:
+    """A UserError for a full, read-only or forbidden disk behind `e` (its first cause that
+    names one), else None. `where` names the folders the run writes to."""
+    chain = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for cause in reversed(chain):  # the original error first: later ones may only echo it
+        for code, (words, fix) in _DISK_ERRORS.items():
+            text = str(cause)
+            if getattr(cause, "errno", None) == code or words in text:
+                line = next((s for s in text.splitlines() if words in s), text.strip())
+                at = max(line.find(words), 0)
+                detail = ("..." if at > 150 else "") + line[max(at - 150, 0):at + 150].strip()
+                return UserError(
+                    f"The run stopped: {words.lower()} ({detail}). It writes to {where}: {fix}, "
+                    f"then run again. Finished steps are reused, the unfinished one starts over, "
+                    f"and the serving directory was not changed.")
+    return None
 
 
 def report_error(e: Exception) -> int:

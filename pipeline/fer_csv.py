@@ -75,7 +75,11 @@ def open_binary(path: str) -> tuple[BinaryIO, bool]:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except PermissionError:
+        raise UserError(f"{path} cannot be read: permission denied. Give this user read access "
+                        f"to it (chmod a+r), or pass a copy it can read.") from None
     magic = raw.read(4)
     raw.seek(0)
     if magic.startswith(GZIP_MAGIC):

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.errors import UserError, report_error
+from pipeline.errors import IntegrityError, UserError, report_error
 
 
 def main(argv=None) -> int:
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     try:
         print("\n".join(lineage(Path(args.pipeline_root), Path(args.serving_dir),
                                 args.model_name, args.version)))
-    except UserError as e:
+    except (UserError, IntegrityError) as e:
         return report_error(e)
     return 0
 

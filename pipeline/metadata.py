@@ -6,7 +6,8 @@ and the run that asked for it (a context). So one can ask which data and code pr
 
 An execution's fingerprint is a hash of its component, parameters, code and input fingerprints
 (input files by content). A COMPLETE execution with the same fingerprint whose folder is marked
-_COMPLETE is reused instead of run again; an unfinished one can be continued (the Trainer's).
+_COMPLETE, and still holds the bytes it held when it finished, is reused instead of run again; an
+unfinished one can be continued (the Trainer's). A damaged output is retired, never reused.
 """
 import hashlib
 import json
@@ -67,9 +68,12 @@ def file_fingerprints(data: str | list[str]) -> dict[str, str]:
     prints = {}
     for path in paths:
         digest = hashlib.sha256()
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        except OSError:  # removed since it was listed (BeamIOError too): it is not there
+            continue
         prints[path] = digest.hexdigest()
     return prints
 
@@ -81,15 +85,28 @@ def tree_fingerprint(folder: Path) -> str | None:
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
 def _connect(root: Path, mode) -> metadata_store.MetadataStore:
+    from pipeline.errors import IntegrityError
+
+    path = root / "metadata.sqlite"
     config = mlmd.ConnectionConfig()
-    config.sqlite.filename_uri = str(root / "metadata.sqlite")
+    config.sqlite.filename_uri = str(path)
     config.sqlite.connection_mode = mode
-    return metadata_store.MetadataStore(config)
+    try:
+        return metadata_store.MetadataStore(config)
+    except RuntimeError as e:  # MLMD's word for a damaged SQLite file
+        parts = str(e).split(" query:")  # "Error when executing query: <why> query: <sql>"
+        why = parts[1].strip() if len(parts) > 2 else str(e)[:200]
+        raise IntegrityError(
+            f"The metadata store {path} is damaged ({why}). Move it aside (mv {path} "
+            f"{path}.damaged) and run again: a new store is started, so every step runs once "
+            f"more; the outputs on disk and the serving directory are kept.") from None
 
 
 class Store:
@@ -124,13 +141,40 @@ class Store:
                  if e.custom_properties["fingerprint"].string_value == print_]
         return sorted(found, key=lambda e: e.id, reverse=True)
 
-    def cached(self, component: str, print_: str):
-        """(execution, folder, result) of a finished execution with this fingerprint, or None."""
+    def finished(self, component: str, print_: str):
+        """(execution, folder, result, artifact) of each finished execution with this fingerprint
+        whose output is still live, newest first."""
         for e in self._executions(component, print_):
             folder = Path(e.custom_properties["folder"].string_value)
             if e.last_known_state == mlmd.Execution.COMPLETE and (folder / "_COMPLETE").exists():
-                return e, folder, json.loads(e.custom_properties["result"].string_value)
-        return None
+                [artifact] = self.store.get_artifacts_by_id([self.output_of(e)])
+                if artifact.state == mlmd.Artifact.LIVE:
+                    yield (e, folder, json.loads(e.custom_properties["result"].string_value),
+                           artifact)
+
+    @staticmethod
+    def intact(folder: Path, artifact: mlmd.Artifact) -> bool:
+        """Whether the folder holds exactly the bytes it held when its execution finished."""
+        recorded = artifact.custom_properties.get("content")
+        return recorded is None or recorded.string_value == tree_fingerprint(folder)
+
+    def retire(self, artifact: mlmd.Artifact, why: str) -> None:
+        """Take a damaged output out of use for good; the record of it stays."""
+        artifact.state = mlmd.Artifact.MARKED_FOR_DELETION
+        artifact.custom_properties["retired"].string_value = why
+        self.store.put_artifacts([artifact])
+
+    def abandon_interrupted(self) -> list[int]:
+        """Executions left RUNNING by a run that died (killed, power cut) become FAILED. Called
+        under the root's lock, so none of them can still be running."""
+        stale = [e for e in self.store.get_executions()
+                 if e.last_known_state == mlmd.Execution.RUNNING]
+        for e in stale:
+            e.last_known_state = mlmd.Execution.FAILED
+            e.custom_properties["failure"].string_value = "interrupted: its run ended before it"
+        if stale:
+            self.store.put_executions(stale)
+        return [e.id for e in stale]
 
     def unfinished(self, component: str, print_: str) -> Path | None:
         """The folder of an execution with this fingerprint that never finished (killed)."""
@@ -177,9 +221,15 @@ class Store:
                                           type=mlmd.Event.OUTPUT)])
         return artifact_id
 
-    def fail(self, e: mlmd.Execution) -> None:
+    def fail(self, e: mlmd.Execution, why: str) -> None:
         e.last_known_state = mlmd.Execution.FAILED
+        e.custom_properties["failure"].string_value = why[:1000]
         self.store.put_executions([e])
+
+    def pushed(self, path: str) -> bool:
+        """Whether a finished Pusher of this root recorded pushing to `path`."""
+        return any(a.uri and Path(a.uri).resolve() == Path(path).resolve()
+                   for a in self.store.get_artifacts_by_type("PushedModel"))
 
     def output_of(self, e: mlmd.Execution) -> int:
         [event] = [v for v in self.store.get_events_by_execution_ids([e.id])

@@ -36,8 +36,6 @@ def main(argv=None) -> int:
 
 
 def _load(path: Path):
-    import tensorflow as tf
-
     if not (path / "saved_model.pb").is_file():
         newest = serving.latest(path.parent, path.name)
         if newest is None:
@@ -45,7 +43,7 @@ def _load(path: Path):
                             f"folder of a serving directory with a version in it. Pass a "
                             f"Trainer's serving_model folder or <serving-dir>/<model_name>.")
         path = newest
-    return tf.saved_model.load(str(path))
+    return serving.load(path)
 
 
 def _predict(model, path: Path):

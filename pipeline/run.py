@@ -8,13 +8,15 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
+import signal
 import sys
 import time
 import typing
 from pathlib import Path
 
-from pipeline.errors import IntegrityError, UserError, report_error
+from pipeline.errors import IntegrityError, UserError, disk_error, report_error
 
 COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
               "Evaluator", "Pusher")
@@ -79,16 +81,34 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Beam logs a failing step's traceback before raising the error itself, which is then either
+    # explained in one paragraph or, if unexpected, printed with its traceback anyway.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's stop
+        signal.signal(signum, _stop)
     try:
         check_beam_args(beam_args)
         run(args, beam_args)
     except (UserError, IntegrityError) as e:
         return report_error(e)
-    except KeyboardInterrupt:
-        print("interrupted: the run stopped; outputs of unfinished steps are incomplete and "
-              "will not be used.", file=sys.stderr)
-        return 130
+    except Exception as e:
+        error = disk_error(e, f"the pipeline root {args.pipeline_root} and the serving directory "
+                              f"{args.serving_dir}")
+        if error is None:
+            raise
+        return report_error(error)
     return 0
+
+
+def _stop(signum, frame):
+    """Stop at once, as a kill would: an exception raised inside TensorFlow or Beam from a signal
+    handler can be swallowed or turned into another error. Nothing is lost: outputs count only
+    once marked complete, the next run records the unfinished steps as FAILED and resumes
+    training, and a push is renamed into place whole or not at all."""
+    print(f"\ninterrupted ({signal.Signals(signum).name}): the run stopped. Unfinished steps "
+          f"will not be used (training resumes where it stopped on the next run); the serving "
+          f"directory holds only complete versions.", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def check_beam_args(beam_args) -> None:
@@ -128,7 +148,11 @@ def run(args, beam_args) -> None:
     validation = load_json("validation.json")
     curated_schema = SCHEMAS_DIR / "schema.pbtxt"
     root = Path(args.pipeline_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"The pipeline root {root} cannot be a folder: a file of that name (or "
+                        f"above it) is in the way. Pass another --pipeline-root.") from None
     with _lock(root):
         _run(args, beam_args, root, config, trainer_config, gates, validation, curated_schema)
 
@@ -139,14 +163,32 @@ def _run(args, beam_args, root, config, trainer_config, gates, validation, curat
 
     data = _newest_spans(args.data, args.spans) if args.data else str(_default_data(root))
     steps = _Steps(root, metadata.Store(root))
+    interrupted = steps.store.abandon_interrupted()
+    if interrupted:
+        print(f"Metadata: execution(s) {', '.join(map(str, interrupted))} of an earlier run "
+              f"that was interrupted are now marked FAILED")
 
     def done(component: str) -> bool:
         return args.stop_after == component
 
     files = metadata.file_fingerprints(data)
+
+    def ingest(out: str) -> dict:
+        """ExampleGen, checked to have read the input that was fingerprinted: one that changed
+        meanwhile is refused, even where the change broke the reading itself."""
+        try:
+            counts = example_gen.run(data, out, config, beam_args)
+        finally:
+            if metadata.file_fingerprints(data) != files:
+                raise UserError(
+                    f"The input {data} changed while it was being read (a file was written to, "
+                    f"replaced, added or removed), so these examples would match no one version "
+                    f"of it. Let whatever writes the data finish (write to a temporary name, then "
+                    f"rename it into place) and run again.") from None
+        return counts
+
     examples = steps.run("ExampleGen", {"data": data, "config": dataclasses.asdict(config)},
-                         list(zip(steps.store.input_files(files), files.values())),
-                         lambda out: example_gen.run(data, out, config, beam_args))
+                         list(zip(steps.store.input_files(files), files.values())), ingest)
     print(_summary(examples.result))
     if done("ExampleGen"):
         return
@@ -206,8 +248,9 @@ def _run(args, beam_args, root, config, trainer_config, gates, validation, curat
     metadata_line = (f"Metadata: {root / 'metadata.sqlite'} (python -m pipeline.lineage "
                      f"--pipeline-root {root} --serving-dir {args.serving_dir})")
     baseline = serving.latest(args.serving_dir, gates.model_name)
-    if trained.cached and baseline and metadata.tree_fingerprint(
-            Path(summary["serving_model"])) == metadata.tree_fingerprint(baseline):
+    if trained.cached and baseline and steps.store.pushed(str(baseline)) and (
+            metadata.tree_fingerprint(Path(summary["serving_model"]))
+            == metadata.tree_fingerprint(baseline)):
         print(f"Nothing new: the data, parameters and code are those of an earlier run, whose "
               f"model already serves as {baseline}.")
         print(metadata_line)
@@ -269,19 +312,25 @@ class _Steps:
 
     def run(self, component: str, parameters: dict, inputs: list, body, resumable=False,
             uri=None) -> _Step:
-        """Reuse a finished execution with the same fingerprint, or run one into a fresh folder
-        (or, if `resumable`, into the folder of an unfinished one) and mark it complete only if
-        it succeeds. An execution with effects outside the root (`uri` given) always runs."""
+        """Reuse a finished execution with the same fingerprint whose files are intact, or run
+        one into a fresh folder (or, if `resumable`, into the folder of an unfinished one) and mark
+        it complete only if it succeeds. An execution with effects outside the root (`uri` given)
+        always runs."""
         from pipeline import metadata
 
+        upstream = [i for i in inputs if isinstance(i, _Step)]
         inputs = [(i.artifact, i.fingerprint) if isinstance(i, _Step) else i for i in inputs]
         print_ = metadata.fingerprint(component, parameters, [p for _, p in inputs], self.code)
-        hit = None if uri else self.store.cached(component, print_)
-        if hit:
-            execution, folder, result = hit
+        for execution, folder, result, artifact in [] if uri else self.store.finished(
+                component, print_):
+            if not self.store.intact(folder, artifact):
+                print(f"{component}: not reusing {folder}: its files changed after it finished "
+                      f"(damaged or edited); running it again")
+                self.store.retire(artifact, "its files changed after it finished")
+                continue
             self.store.associate(execution)
             print(f"{component}: reusing {folder} (same inputs, parameters and code)")
-            return _Step(str(folder), result, self.store.output_of(execution), print_, True)
+            return _Step(str(folder), result, artifact.id, print_, True)
         folder = self.store.unfinished(component, print_) if resumable else None
         if folder:
             print(f"{component}: continuing the unfinished execution {folder}")
@@ -291,12 +340,19 @@ class _Steps:
                                      folder, self.code)
         try:
             result = json.loads(json.dumps(body(str(folder)), default=str))
-        except BaseException:
-            self.store.fail(execution)
+        except BaseException as e:
+            try:
+                self.store.fail(execution, f"{type(e).__name__}: {e}")
+                for step in upstream:  # a failure may come from damaged inputs: retire them now
+                    [artifact] = self.store.store.get_artifacts_by_id([step.artifact])
+                    if not self.store.intact(Path(step.folder), artifact):
+                        self.store.retire(artifact, "its files changed after it finished")
+            except Exception:  # a full disk refuses this record too; the next run marks it FAILED
+                pass
             raise
         (folder / "_COMPLETE").touch()
         artifact = self.store.finish(execution, component, uri(result) if uri else str(folder),
-                                     result)
+                                     result, content=metadata.tree_fingerprint(folder))
         return _Step(str(folder), result, artifact, print_, False)
 
 

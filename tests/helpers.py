@@ -1,8 +1,12 @@
 """Tiny FER CSVs written on the fly: every test builds exactly the data it needs."""
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
+
+from pipeline import default_data
+from pipeline.config import SCHEMAS_DIR
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 
@@ -33,3 +37,14 @@ def write_csv(path: Path, lines: list[str], header: str = "emotion,pixels,Usage"
         data = gzip.compress(data)
     path.write_bytes(data)
     return path
+
+
+def run_inputs(base: Path) -> tuple[Path, Path]:
+    """900 synthetic faces (every class in every split) and gates that bless any model, for
+    tests of whole runs: (CSV, evaluation config)."""
+    data = default_data.write_csv(base / "faces.csv", rows=900, seed=11)
+    gates = base / "gates.json"
+    raw = json.loads((SCHEMAS_DIR / "evaluation.json").read_text())
+    no_floors = {"accuracy": 0, "macro_accuracy": 0, "class_accuracy": {"default": 0}}
+    gates.write_text(json.dumps({**raw, "floors": no_floors, "max_drop_vs_serving": {}}))
+    return data, gates

@@ -142,15 +142,17 @@ def test_a_model_worse_than_the_serving_one_is_not_pushed(tmp_path):
     assert serving.versions(serving_dir / "fer") == [1]
 
 
-def test_pusher_versions_are_atomic_increasing_and_never_overwritten(tmp_path):
-    model = known_model(tmp_path / "model")
+def test_pusher_versions_are_atomic_increasing_never_overwritten_nor_repeated(tmp_path):
+    model, other = known_model(tmp_path / "model"), known_model(tmp_path / "other", spoil=3)
     serving_dir = tmp_path / "serving"
     blessed = {"blessed": True, "reasons": []}
     (serving_dir / "fer" / ".partial-1").mkdir(parents=True)  # an interrupted push
     (serving_dir / "fer" / "7").mkdir()  # a version folder without a model: not a version
     assert pusher.run(model, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 1
     first = (serving_dir / "fer" / "1" / "saved_model.pb").stat().st_mtime_ns
-    assert pusher.run(model, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 2
+    # The model serving already is not pushed again (a run that died before recording its push).
+    assert pusher.run(model, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 1
+    assert pusher.run(other, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 2
     assert (serving_dir / "fer" / "1" / "saved_model.pb").stat().st_mtime_ns == first
     assert sorted(p.name for p in (serving_dir / "fer").iterdir()) == [".lock", "1", "2", "7"]
     assert serving.latest(serving_dir, "fer") == serving_dir / "fer" / "2"

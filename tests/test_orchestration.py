@@ -2,7 +2,6 @@
 killed during training, and one run at a time per pipeline root. Real components throughout."""
 import fcntl
 import hashlib
-import json
 import signal
 import subprocess
 import sys
@@ -10,20 +9,14 @@ import time
 
 import pytest
 
-from pipeline import default_data, serving
-from pipeline.config import SCHEMAS_DIR
-
-NO_FLOORS = {"accuracy": 0, "macro_accuracy": 0, "class_accuracy": {"default": 0}}
+from pipeline import serving
+from tests.helpers import run_inputs
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("orchestration")
-    data = default_data.write_csv(base / "faces.csv", rows=900, seed=11)
-    gates = base / "gates.json"
-    raw = json.loads((SCHEMAS_DIR / "evaluation.json").read_text())
-    gates.write_text(json.dumps({**raw, "floors": NO_FLOORS, "max_drop_vs_serving": {}}))
-    return base, data, gates
+    return (base, *run_inputs(base))
 
 
 def command(base, data, gates, root="root", *extra):

@@ -1,0 +1,63 @@
+"""Run pipeline.run with one fault injected at a chosen point of the real code.
+
+    python -m tests.inject MODULE:ATTRIBUTE[@N] ACTION -- PIPELINE ARGS...
+
+Just before the N-th call (default: the first) of MODULE.ATTRIBUTE (a function, or a method as
+Class.method) this process does ACTION, then the call goes on:
+    kill            SIGKILL to itself (kill -9: no clean-up runs)
+    term            SIGTERM to itself (what a scheduler sends to stop a job)
+    delete=PATH     remove the file
+    append=PATH     append one more valid row to the CSV
+    corrupt=GLOB    overwrite 64 bytes in the middle of the first file matching GLOB
+"""
+import glob
+import importlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def act(action: str) -> None:
+    kind, _, target = action.partition("=")
+    if kind in ("kill", "term"):
+        os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
+    elif kind == "delete":
+        os.remove(target)
+    elif kind == "append":
+        with open(target, "a") as f:
+            f.write("3," + " ".join(["128"] * 2304) + ",Training\n")
+    elif kind == "corrupt":
+        path = sorted(glob.glob(target))[0]
+        with open(path, "r+b") as f:
+            f.seek(Path(path).stat().st_size // 2)
+            f.write(b"\xa5" * 64)
+    else:
+        raise SystemExit(f"unknown action {action!r}")
+
+
+def inject(point: str, action: str) -> None:
+    where, _, nth = point.partition("@")
+    module_name, _, attribute = where.partition(":")
+    owner = importlib.import_module(module_name)
+    *path, name = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    original, calls = getattr(owner, name), [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == int(nth or 1):
+            act(action)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
+if __name__ == "__main__":
+    point, action, separator, *args = sys.argv[1:]
+    assert separator == "--", __doc__
+    inject(point, action)
+    from pipeline import run
+
+    sys.exit(run.main(args))
