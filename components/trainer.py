@@ -96,7 +96,7 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
     initial_epoch = _resume_point(backup, history_path)
     if initial_epoch:
         print(f"Trainer: resuming after epoch {initial_epoch} from {backup}", flush=True)
-    best = _best_row(history_path, config.early_stopping["monitor"])
+    best = _best_row(_read_history(history_path), config.early_stopping["monitor"])
     monitor = config.early_stopping["monitor"]
     # The backup comes last: history, best weights and learning rate are settled when it is taken.
     callbacks = [
@@ -117,7 +117,7 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
     shutil.rmtree(backup, ignore_errors=True)  # fit finished: nothing left to resume
 
     history = _read_history(history_path)
-    best = _best_row(history_path, monitor)
+    best = _best_row(history, monitor)
     if chief:
         model = _best_model(trainer_model, best_weights, config, ingest)
         _export(model, out / "serving_model", ingest)
@@ -288,8 +288,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _best_row(history_path: Path, monitor: str) -> dict | None:
-    rows = _read_history(history_path)
+def _best_row(rows: list[dict], monitor: str) -> dict | None:
     if not rows:
         return None
     pick = max if monitor.endswith("accuracy") else min
