@@ -20,6 +20,7 @@ PINS = [
     "numpy==1.26.4",
     "pandas==1.5.3",
     "matplotlib==3.11.2",
+    "optuna==4.5.0",  # the Tuner (--tune)
 ]
 
 setup(
@@ -29,5 +30,6 @@ setup(
     python_requires="==3.11.*",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*"]),
     install_requires=PINS,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0"],
+                    "bench": ["scikit-learn==1.6.1"]},  # bench/quality.py's real digit images
 )

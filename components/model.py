@@ -1,4 +1,5 @@
-"""The seed CNN for 48x48 grayscale faces, exactly as designed (DESIGN.md), with its input scaling.
+"""The seed CNN for 48x48 grayscale faces, exactly as specified (ARCHITECTURE.md), with its input
+scaling.
 
 The model takes raw pixel values 0-255 and scales them itself (first layer), so training, evaluation
 and every serving signature feed the same numbers and cannot disagree about normalisation.
@@ -18,9 +19,9 @@ _DENSE = ((256, 0.3), (512, 0.3))
 def build_cnn(image_size: int, num_classes: int, batch_norm_momentum: float = 0.99) -> keras.Model:
     """The seed architecture: four conv blocks, two dense blocks, softmax over the classes.
 
-    batch_norm_momentum: Keras' default 0.99 averages the batch statistics over about 100 steps,
-    right for FER2013 (450 steps an epoch); on a few thousand images the weights move faster than
-    that average, and the eval split is scored with stale statistics. Lower it there (0.9).
+    batch_norm_momentum: Keras' default 0.99 averages the batch statistics over about 100 steps.
+    The Trainer does not rely on that average: it recomputes the statistics for the final weights
+    before every evaluation and the export (components.trainer.PopulationBatchNorm).
     """
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Rescaling(1 / 255, name="scale_0_1")(inputs)
@@ -39,8 +40,9 @@ def build_cnn(image_size: int, num_classes: int, batch_norm_momentum: float = 0.
     return keras.Model(inputs, outputs, name="fer_seed_cnn")
 
 
-def compile_cnn(model: keras.Model, learning_rate: float) -> None:
-    """Adam, categorical cross-entropy on one-hot labels, accuracy."""
+def compile_cnn(model: keras.Model, learning_rate) -> None:
+    """Adam, categorical cross-entropy on one-hot labels, accuracy. learning_rate: a number or
+    a schedule (keras.optimizers.schedules.LearningRateSchedule)."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])

@@ -1,5 +1,12 @@
 """Trainer: fit the seed CNN on ExampleGen's TFRecords with tf.data and export a serving SavedModel.
 
+The recipe (schemas/trainer.json) is meant to hold from about a thousand images to FER2013's
+28,709 without per-dataset settings: a linear warm-up then cosine decay of Adam's learning rate,
+batch-norm statistics recomputed for the weights before every evaluation (so the eval split and
+the exported model never see stale moving averages, however few steps an epoch has), mild
+geometric augmentation and inverse square-root class weights. A base model (the serving one)
+replaces the random start, fine-tuned at a smaller learning rate.
+
 Training is resumable: the full state (weights, optimizer, epoch) is backed up after every epoch,
 and a run started again on the same output folder continues from the last finished epoch. The best
 epoch on the eval split (early stopping's monitor) is what gets exported.
@@ -11,7 +18,8 @@ Output layout (output_dir):
                               serve_pixels     pixels: string [N], the CSV's space-separated values
                             each returning probabilities [N, 7], class_id [N], class_name [N]
     model.keras             the exported model as Keras (fine-tuning, inspection)
-    history.csv             loss, accuracy, val_loss, val_accuracy, lr (for the next epoch) per epoch
+    history.csv             loss, accuracy, val_loss, val_accuracy, val_accuracy_batch_stats (eval
+                            with batch-norm in training mode), lr (for the next step) per epoch
     logs/                   TensorBoard
     checkpoints/            best/ (weights of the best eval epoch), backup/ (removed at the end)
     training.json           what was trained on, with what, and how it went
@@ -20,6 +28,7 @@ Distribution: "default" (one device), "mirrored" (all local GPUs, or the devices
 "multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG). Only the chief writes output_dir;
 other workers write to a temporary folder that is removed.
 Workers of a multi-worker job run: python -m components.trainer --examples DIR [--output DIR]
+[--base-model DIR]
 """
 import argparse
 import csv
@@ -48,8 +57,12 @@ _SAVED_EPOCH = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest: IngestConfig,
-        distribution: str = "default", devices: list[str] | None = None) -> dict:
-    """Train on Split-train, monitor Split-eval, export to output_dir; returns training.json."""
+        distribution: str = "default", devices: list[str] | None = None,
+        base_model: str | None = None) -> dict:
+    """Train on Split-train, monitor Split-eval, export to output_dir; returns training.json.
+
+    base_model: a SavedModel of this pipeline (the one serving) to start from instead of random
+    weights (TFX's "base model"); fine-tuned at config.warm_start's smaller learning rate."""
     strategy = _strategy(distribution, devices)  # first: collective ops must precede other TF use
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -57,7 +70,8 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
     chief = _is_chief(strategy)
     out = Path(output_dir) if chief and output_dir else Path(tempfile.mkdtemp(prefix="fer-worker-"))
     try:
-        summary = _train(examples_dir, out, config, ingest, strategy, distribution, chief)
+        summary = _train(examples_dir, out, config, ingest, strategy, distribution, chief,
+                         base_model)
     except tf.errors.DataLossError as e:
         raise IntegrityError(
             f"A TFRecord file under {examples_dir} is damaged ({e.message.splitlines()[0]}). "
@@ -69,8 +83,8 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
     return summary
 
 
-def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str, chief: bool
-           ) -> dict:
+def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str, chief: bool,
+           base_model: str | None) -> dict:
     files = {split: sorted(glob.glob(os.path.join(examples_dir, f"Split-{split}", "*.tfrecord*")))
              for split in ("train", "eval")}
     for split, paths in files.items():
@@ -85,9 +99,18 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
     evaluation = _dataset(files["eval"], ingest, config, int(counts["eval"].sum()), training=False,
                           cache=counts["eval"].sum() * image_bytes <= config.cache_max_bytes)
 
+    n_train = int(counts["train"].sum())
+    steps_per_epoch = -(-n_train // config.batch_size)
+    peak = config.learning_rate * (config.warm_start["learning_rate_factor"] if base_model else 1)
+    schedule = WarmupCosine(peak, config.warmup_epochs * steps_per_epoch,
+                            config.epochs * steps_per_epoch, config.final_learning_rate_fraction)
     with strategy.scope():
         trainer_model = _trainer_model(config, ingest)
-        compile_cnn(trainer_model, config.learning_rate)
+        warm_start = _warm_start(trainer_model.layers[-1], base_model) if base_model else None
+        compile_cnn(trainer_model, schedule)
+    population = PopulationBatchNorm(
+        trainer_model.layers[-1], strategy, schedule,
+        _statistics_images(files["train"], ingest, config, n_train), evaluation)
 
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     backup = out / "checkpoints" / "backup"
@@ -100,7 +123,7 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
     monitor = config.early_stopping["monitor"]
     # The backup comes last: history, best weights and learning rate are settled when it is taken.
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(**config.reduce_lr),  # first: history records its lr
+        population,  # first: history records what it adds
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.ModelCheckpoint(
             str(best_weights), monitor=monitor, save_best_only=True,
@@ -135,6 +158,16 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
         "resumed_after_epoch": initial_epoch,
         "best_epoch": int(best["epoch"]) + 1 if best else None,
         "best_eval": {k: float(best[k]) for k in ("val_accuracy", "val_loss")} if best else None,
+        # Eval accuracy with batch-norm in inference mode (the exported model) against training
+        # mode (each batch's own statistics): a large gap means stale moving statistics.
+        "batch_norm_gap": {
+            "inference_mode": float(best["val_accuracy"]),
+            "training_mode": float(best[BATCH_STATS_ACCURACY]),
+            "gap": round(float(best[BATCH_STATS_ACCURACY]) - float(best["val_accuracy"]), 4),
+        } if best and best.get(BATCH_STATS_ACCURACY) else None,
+        "learning_rate": {"peak": peak, "warmup_steps": schedule.warmup_steps,
+                          "total_steps": schedule.total_steps},
+        "warm_start": warm_start,
         "train_images_per_second": round(
             epochs_now * counts["train"].sum() / seconds, 1) if epochs_now else None,
         "serving_model": str(out / "serving_model"),
@@ -151,6 +184,160 @@ def _trainer_model(config: TrainerConfig, ingest: IngestConfig) -> keras.Model:
     ], name="augment_then_cnn")
     model.build((None, ingest.image_size, ingest.image_size, 1))
     return model
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to the peak rate, then cosine decay to final_fraction of it by the last
+    step of the epoch budget (Loshchilov & Hutter, SGDR, 2017; Goyal et al., "Accurate, Large
+    Minibatch SGD", 2017, for the warm-up). A function of the step alone, so a resumed run
+    continues on the same curve."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, final_fraction: float):
+        self.peak, self.final_fraction = float(peak), float(final_fraction)
+        self.warmup_steps, self.total_steps = int(warmup_steps), max(int(total_steps), 1)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = float(max(self.warmup_steps, 1))
+        progress = tf.clip_by_value((step - self.warmup_steps) / float(
+            max(self.total_steps - self.warmup_steps, 1)), 0.0, 1.0)
+        final = self.peak * self.final_fraction
+        cosine = final + (self.peak - final) * 0.5 * (1.0 + tf.cos(np.pi * progress))
+        return tf.where(step < self.warmup_steps, self.peak * (step + 1.0) / warmup, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "final_fraction": self.final_fraction}
+
+
+BATCH_STATS_ACCURACY = "val_accuracy_batch_stats"
+
+
+class PopulationBatchNorm(keras.callbacks.Callback):
+    """Before every evaluation in fit, set each BatchNormalization layer's moving mean and
+    variance to the population statistics of the current weights over training images without
+    augmentation ("precise BN": Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
+
+    The moving averages Keras keeps lag the weights by about 1/(1-momentum) steps; with a few
+    steps an epoch they never catch up and the model, scored in inference mode, predicts one
+    class. Recomputed statistics are right for the weights whatever the number of steps, and
+    they are what the best checkpoint, and so the exported model, carries.
+
+    After each epoch it also logs the eval accuracy in training mode (every batch normalised by
+    its own statistics) beside Keras' inference-mode val_accuracy, and the learning rate.
+    """
+
+    def __init__(self, cnn: keras.Model, strategy, schedule, train_images, evaluation):
+        super().__init__()
+        self._bn = [layer for layer in cnn.layers
+                    if isinstance(layer, keras.layers.BatchNormalization)]
+        self._cnn, self._strategy, self._schedule = cnn, strategy, schedule
+        self._train_images = train_images
+        self._evaluation = evaluation
+        self._in_fit = False
+        self._moments = tf.function(lambda images, labels: self._replica_forward(images)[1],
+                                    reduce_retracing=True)
+        self._correct = tf.function(self._replica_correct, reduce_retracing=True)
+
+    def _replica_forward(self, images):
+        """The CNN with every batch-norm layer normalising by the batch's own statistics and no
+        dropout: (probabilities, [(mean, variance) at each batch-norm layer's input])."""
+        x = tf.cast(images, tf.float32)
+        moments = []
+        for layer in self._cnn.layers[1:]:  # a chain: each layer feeds the next
+            if isinstance(layer, keras.layers.BatchNormalization):
+                mean, variance = tf.nn.moments(x, axes=list(range(len(x.shape) - 1)))
+                moments.append((mean, variance))
+                x = tf.nn.batch_normalization(x, mean, variance, layer.beta, layer.gamma,
+                                              layer.epsilon)
+            elif not isinstance(layer, keras.layers.Dropout):
+                x = layer(x, training=False)
+        return x, moments
+
+    def _replica_correct(self, images, one_hot):
+        probabilities, _ = self._replica_forward(images)
+        right = tf.equal(tf.argmax(probabilities, -1), tf.argmax(one_hot, -1))
+        return tf.reduce_sum(tf.cast(right, tf.int64)), tf.shape(one_hot, out_type=tf.int64)[0]
+
+    def _run(self, fn, dataset, op):
+        """fn on every batch of the dataset, spread over the replicas; yields op-reduced results."""
+        strategy = self._strategy
+        for batch in strategy.experimental_distribute_dataset(dataset):
+            yield strategy.reduce(op, strategy.run(fn, batch), axis=None)
+
+    def reestimate(self) -> None:
+        sums, n = None, 0
+        for moments in self._run(self._moments, self._train_images, tf.distribute.ReduceOp.MEAN):
+            values = [(m.numpy(), v.numpy() + m.numpy() ** 2) for m, v in moments]
+            sums = values if sums is None else [(a + m, b + v) for (a, b), (m, v) in
+                                                zip(sums, values)]
+            n += 1
+        for layer, (mean_sum, square_sum) in zip(self._bn, sums if n else []):
+            mean = mean_sum / n  # population variance: mean within-batch + between-batch
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(np.maximum(square_sum / n - mean ** 2, 0.0))
+
+    def batch_stats_accuracy(self) -> float:
+        right = total = 0
+        for r, t in self._run(self._correct, self._evaluation, tf.distribute.ReduceOp.SUM):
+            right, total = right + int(r), total + int(t)
+        return right / max(total, 1)
+
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+
+    def on_test_begin(self, logs=None):
+        if self._in_fit and self._train_images is not None:
+            self.reestimate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[BATCH_STATS_ACCURACY] = self.batch_stats_accuracy()
+            logs["lr"] = float(self._schedule(self.model.optimizer.iterations))
+
+
+def _statistics_images(files, ingest, config, n_train: int):
+    """Up to config.batch_norm_population_images training images, unaugmented, in full batches
+    (the statistics of a batch depend on its size); None when re-estimation is off."""
+    n = min(config.batch_norm_population_images, n_train)
+    if n < 1:
+        return None
+    ds = _examples(files, ingest).shuffle(min(config.shuffle_buffer, n_train),
+                                          seed=config.seed + 5).take(n)
+    return _finish(ds.batch(min(config.batch_size, n), drop_remainder=True))
+
+
+def base_model_problem(base_model: str, ingest: IngestConfig) -> str | None:
+    """Why the Trainer could not start from base_model (damaged, or another architecture), or
+    None: the pipeline asks before training, and trains from scratch rather than fail."""
+    try:
+        _load_weights(build_cnn(ingest.image_size, len(ingest.classes)), base_model)
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None
+
+
+def _load_weights(cnn: keras.Model, base_model: str) -> None:
+    """The weights of a SavedModel this pipeline exported: its variables hold the CNN under
+    `model`. Raises if any weight of the CNN is missing or does not fit."""
+    checkpoint = tf.train.Checkpoint(model=cnn)
+    checkpoint.read(os.path.join(base_model, "variables", "variables")
+                    ).assert_existing_objects_matched()
+
+
+def _warm_start(cnn: keras.Model, base_model: str) -> dict:
+    try:
+        _load_weights(cnn, base_model)
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise UserError(
+            f"The Trainer cannot start from the model {base_model}: its weights do not fit this "
+            f"CNN ({str(e).strip().splitlines()[0][:200]}). Train from scratch (leave out "
+            f"--base-model; the pipeline's flag is --from-scratch).") from None
+    print(f"Trainer: starting from the weights of {base_model}", flush=True)
+    return {"base_model": str(base_model)}
 
 
 def _best_model(trained: keras.Model, best_weights: Path, config, ingest) -> keras.Model:
@@ -203,10 +390,23 @@ def _records(files):
                                    num_parallel_reads=tf.data.AUTOTUNE)
 
 
+def _examples(files, ingest):
+    """(uint8 image, label) pairs: parallel read, block-wise parse."""
+    return _records(files).batch(_PARSE_BLOCK).map(
+        _parse(ingest), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def _finish(ds):
+    """Sharded by example across workers, in a fixed order, prefetched."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
 def _dataset(files, ingest, config, n_examples: int, *, training: bool, cache: bool):
     """Parallel read, block-wise parse, cache (uint8), shuffle, batch, one-hot, prefetch."""
-    ds = _records(files).batch(_PARSE_BLOCK).map(
-        _parse(ingest), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    ds = _examples(files, ingest)
     if cache:
         ds = ds.cache()
     if training:
@@ -216,11 +416,8 @@ def _dataset(files, ingest, config, n_examples: int, *, training: bool, cache: b
     ds = ds.batch(config.batch_size).map(
         lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, k)),
         num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n_examples // config.batch_size)))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    options.deterministic = True
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return _finish(ds.apply(tf.data.experimental.assert_cardinality(
+        -(-n_examples // config.batch_size))))
 
 
 def _label_counts(files, n_classes: int) -> np.ndarray:
@@ -234,12 +431,18 @@ def _label_counts(files, n_classes: int) -> np.ndarray:
 
 
 def _class_weight(counts: np.ndarray, mode: str) -> dict | None:
-    """'balanced': n / (k * n_c), as scikit-learn; classes absent from train get weight 1."""
+    """'balanced': n / (k * n_c), as scikit-learn; 'sqrt': proportional to 1 / sqrt(n_c), the
+    milder inverse square-root weighting of long-tailed recognition (Mahajan et al., 2018), scaled
+    so the average example still weighs 1. Classes absent from train get weight 1."""
     if mode == "none":
         return None
     present = counts > 0
     weights = np.ones(len(counts))
-    weights[present] = counts.sum() / (present.sum() * counts[present])
+    if mode == "balanced":
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+    else:
+        raw = 1 / np.sqrt(counts[present])
+        weights[present] = raw * counts[present].sum() / (raw * counts[present]).sum()
     return {i: float(w) for i, w in enumerate(weights)}
 
 
@@ -352,11 +555,15 @@ def main(argv=None) -> int:
     parser.add_argument("--trainer-config", help="default: schemas/trainer.json")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--base-model", help="a SavedModel to start from (every worker must be "
+                        "given the one the chief starts from: the serving model, unless the run "
+                        "trains --from-scratch)")
     args = parser.parse_args(argv)
     try:
         config = TrainerConfig.load(args.trainer_config, epochs=args.epochs,
                                     batch_size=args.batch_size)
-        summary = run(args.examples, args.output, config, IngestConfig.load(), args.distribution)
+        summary = run(args.examples, args.output, config, IngestConfig.load(), args.distribution,
+                      base_model=args.base_model)
     except (UserError, IntegrityError) as e:
         return report_error(e)
     print(json.dumps({k: summary[k] for k in ("replicas", "epochs_run", "best_eval")}))

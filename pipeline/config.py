@@ -103,11 +103,14 @@ class TrainerConfig:
     epochs: int
     batch_size: int
     learning_rate: float
+    warmup_epochs: int
+    final_learning_rate_fraction: float
     batch_norm_momentum: float
+    batch_norm_population_images: int
     early_stopping: dict
-    reduce_lr: dict
     augmentation: dict
     class_weight: str
+    warm_start: dict
     shuffle_buffer: int
     cache_max_bytes: int
     deterministic: bool
@@ -133,13 +136,25 @@ class TrainerConfig:
                 problems.append(f"{name} must be a whole number >= 1 (got {getattr(self, name)!r})")
         if not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate must lie in (0, 1) (got {self.learning_rate})")
+        for name in ("warmup_epochs", "batch_norm_population_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                problems.append(f"{name} must be a whole number >= 0 (got {getattr(self, name)!r})")
+        if not 0 < self.final_learning_rate_fraction <= 1:
+            problems.append(f"final_learning_rate_fraction must lie in (0, 1] "
+                            f"(got {self.final_learning_rate_fraction})")
+        factor = self.warm_start.get("learning_rate_factor") if isinstance(
+            self.warm_start, dict) else None
+        if set(self.warm_start or {}) != {"learning_rate_factor"} or not isinstance(
+                factor, (int, float)) or not 0 < factor <= 1:
+            problems.append("warm_start needs learning_rate_factor, a number in (0, 1]: the "
+                            "share of learning_rate used when starting from the serving model")
         if not 0 <= self.batch_norm_momentum < 1:
             problems.append(f"batch_norm_momentum must lie in [0, 1) (got {self.batch_norm_momentum})")
-        if self.class_weight not in ("balanced", "none"):
-            problems.append(f"class_weight must be \"balanced\" or \"none\" (got {self.class_weight!r})")
-        for name in ("early_stopping", "reduce_lr"):
-            if getattr(self, name).get("monitor") not in ("val_loss", "val_accuracy"):
-                problems.append(f"{name}.monitor must be \"val_loss\" or \"val_accuracy\"")
+        if self.class_weight not in ("balanced", "sqrt", "none"):
+            problems.append(f"class_weight must be \"balanced\", \"sqrt\" or \"none\" "
+                            f"(got {self.class_weight!r})")
+        if self.early_stopping.get("monitor") not in ("val_loss", "val_accuracy"):
+            problems.append("early_stopping.monitor must be \"val_loss\" or \"val_accuracy\"")
         aug = self.augmentation
         if set(aug) != {"horizontal_flip", "shift", "rotation", "zoom"} or not all(
                 0 <= aug[k] < 1 for k in ("shift", "rotation", "zoom")):
@@ -215,3 +230,54 @@ class EvaluationConfig:
                                         f"a number in [0, 1] (got {bound!r})")
         if problems:
             raise UserError(f"Gating config {where} is wrong: " + "; ".join(problems) + ".")
+
+
+@dataclasses.dataclass(frozen=True)
+class TunerConfig:
+    """The Tuner's search (schemas/tuner.json): epochs per trial and, per Trainer hyperparameter
+    (a trainer.json entry, or "section.key" inside one such as "augmentation.shift"), either
+    {"choices": [...]} or a range {"low": a, "high": b, "log": false}; whole-number bounds give
+    whole numbers."""
+
+    epochs_per_trial: int
+    parameters: dict
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "TunerConfig":
+        raw = load_json("tuner.json", path)
+        where = path or SCHEMAS_DIR / "tuner.json"
+        try:
+            cfg = cls(**raw)
+        except TypeError as e:
+            raise UserError(f"Tuner config {where} does not have the expected entries ({e}). "
+                            f"Compare it with the copy in the repository.") from None
+        cfg.check(where)
+        return cfg
+
+    def check(self, where) -> None:
+        problems = []
+        if not isinstance(self.epochs_per_trial, int) or self.epochs_per_trial < 1:
+            problems.append(f"epochs_per_trial must be a whole number >= 1 "
+                            f"(got {self.epochs_per_trial!r})")
+        known = {f.name: f for f in dataclasses.fields(TrainerConfig)}
+        if not isinstance(self.parameters, dict) or not self.parameters:
+            problems.append("parameters must name at least one hyperparameter")
+        for name, spec in (self.parameters or {}).items() if isinstance(
+                self.parameters, dict) else ():
+            field = name.split(".")[0]
+            if field not in known or (("." in name) != (known[field].type is dict)):
+                problems.append(f"parameters names {name!r}, which is not a hyperparameter of "
+                                f"trainer.json (an entry, or \"section.key\" for a key inside "
+                                f"an entry that is an object, e.g. \"augmentation.shift\")")
+            elif not isinstance(spec, dict) or not (
+                    (set(spec) == {"choices"} and isinstance(spec["choices"], list)
+                     and spec["choices"])
+                    or ({"low", "high"} <= set(spec) <= {"low", "high", "log"}
+                        and all(isinstance(spec[k], (int, float)) for k in ("low", "high"))
+                        and spec["low"] < spec["high"]
+                        and (not spec.get("log") or spec["low"] > 0))):
+                problems.append(f"parameters.{name} must be {{\"choices\": [...]}} or "
+                                f"{{\"low\": a, \"high\": b}} with a < b (and a > 0 with "
+                                f"\"log\": true)")
+        if problems:
+            raise UserError(f"Tuner config {where} is inconsistent: " + "; ".join(problems) + ".")

@@ -74,11 +74,14 @@ def lineage(root: Path, serving_dir: Path, model_name: str, version: int | None)
                       if e.type == mlmd.Event.INPUT]
             for artifact in store.get_artifacts_by_id(inputs):
                 sha = artifact.custom_properties.get("sha256")
+                [kind] = store.get_artifact_types_by_id([artifact.type_id])
                 if sha is not None:
                     lines.append("  " * depth + f"  input file {artifact.uri} "
                                  f"sha256 {sha.string_value}")
-                else:
-                    walk(artifact.id, depth + 1)
+                    continue
+                if kind.name in ("PushedModel", "ServingModel"):  # a Trainer's warm start
+                    lines.append("  " * depth + f"  base model {artifact.uri}")
+                walk(artifact.id, depth + 1)
 
     walk(pushed[-1].id, 1)
     return lines

@@ -21,7 +21,7 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd
 _CODE_DIRS = ("components", "pipeline")
 OUTPUT_TYPES = {"ExampleGen": "Examples", "StatisticsGen": "ExampleStatistics",
                 "SchemaGen": "Schema", "ExampleValidator": "ExampleAnomalies",
-                "Trainer": "Model", "Evaluator": "ModelEvaluation", "Pusher": "PushedModel"}
+                "Tuner": "HyperParameters", "Trainer": "Model", "Evaluator": "ModelEvaluation", "Pusher": "PushedModel"}
 
 
 def fingerprint(*parts) -> str:
@@ -230,6 +230,21 @@ class Store:
         """Whether a finished Pusher of this root recorded pushing to `path`."""
         return any(a.uri and Path(a.uri).resolve() == Path(path).resolve()
                    for a in self.store.get_artifacts_by_type("PushedModel"))
+
+    def model(self, path: Path, content: str) -> int:
+        """The artifact of a serving model: the PushedModel that put it there, or else a record
+        of the model found there (pushed by another root, or by hand)."""
+        for a in self.store.get_artifacts_by_type("PushedModel"):
+            if a.uri and Path(a.uri).resolve() == Path(path).resolve():
+                return a.id
+        type_id = self._type("artifact", "ServingModel")
+        for a in self.store.get_artifacts_by_type("ServingModel"):
+            if a.uri == str(path) and a.custom_properties["content"].string_value == str(content):
+                return a.id
+        artifact = mlmd.Artifact(type_id=type_id, uri=str(path), state=mlmd.Artifact.LIVE)
+        artifact.custom_properties["content"].string_value = str(content)
+        [artifact_id] = self.store.put_artifacts([artifact])
+        return artifact_id
 
     def output_of(self, e: mlmd.Execution) -> int:
         [event] = [v for v in self.store.get_events_by_execution_ids([e.id])

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 
 def write(path: Path, evaluation: dict, history_csv: Path, statistics_html: Path,
-          pushed: dict) -> Path:
+          pushed: dict, training: dict) -> Path:
     classes = evaluation["classes"]
     metrics = evaluation["metrics"]["candidate"]
     verdict = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
@@ -33,13 +33,28 @@ Compared with {html.escape(evaluation['baseline'] or 'no serving model (first pu
 {f'<h2>Why not</h2><ul>{reasons}</ul>' if reasons else ''}
 <table><tr><td>{evaluation['split']} examples</td><td>{evaluation['examples']:,}</td></tr>
 <tr><td>overall accuracy</td><td>{metrics['accuracy']:.3f}</td></tr>
-<tr><td>macro-averaged accuracy</td><td>{metrics['macro_accuracy']:.3f}</td></tr></table>
+<tr><td>macro-averaged accuracy</td><td>{metrics['macro_accuracy']:.3f}</td></tr>
+{_training_rows(training)}</table>
 {''.join(f'<p><img src="data:image/png;base64,{f}"></p>' for f in figures if f)}
 <p>Data statistics (TFDV): <a href="{statistics_html.as_uri()}">{html.escape(str(statistics_html))}</a></p>
 </body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     return path
+
+
+def _training_rows(training: dict) -> str:
+    """How the model was trained: its start, and the batch-norm gap on eval (training-mode minus
+    inference-mode accuracy at the best epoch; near 0 when the statistics fit the weights)."""
+    start = (training.get("warm_start") or {}).get("base_model")
+    rows = [("started from", html.escape(start) if start else "random weights (from scratch)"),
+            ("best epoch", f"{training['best_epoch']} of {training['epochs_run']}")]
+    gap = training.get("batch_norm_gap")
+    if gap:
+        rows.append(("eval accuracy, batch-norm in inference / training mode",
+                     f"{gap['inference_mode']:.3f} / {gap['training_mode']:.3f} "
+                     f"(gap {gap['gap']:+.3f})"))
+    return "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
 
 
 def _png(figure) -> str:
@@ -99,6 +114,9 @@ def _curves(history_csv: Path) -> str | None:
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [float(r[metric]) for r in rows], "o-", label="train")
         ax.plot(epochs, [float(r["val_" + metric]) for r in rows], "o-", label="eval")
+        if metric == "accuracy" and rows[0].get("val_accuracy_batch_stats"):
+            ax.plot(epochs, [float(r["val_accuracy_batch_stats"]) for r in rows], "--",
+                    label="eval, batch-norm in training mode")
         ax.set(xlabel="epoch", title=metric)
         ax.legend()
     return _png(figure)

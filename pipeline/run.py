@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
 
-COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer",
-              "Evaluator", "Pusher")
+COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Tuner",
+              "Trainer", "Evaluator", "Pusher")
 
 
 def parse_args(argv):
@@ -66,6 +66,17 @@ def parse_args(argv):
         "--trainer-config", metavar="FILE",
         help="hyperparameters (default: schemas/trainer.json): learning rate, augmentation, "
              "class weighting, early stopping, learning-rate reduction, seed")
+    parser.add_argument(
+        "--from-scratch", action="store_true",
+        help="train from random weights even when a model serves (by default the Trainer "
+             "starts from the serving model's weights and fine-tunes them on the new data)")
+    parser.add_argument(
+        "--tune", metavar="N", type=int, default=0,
+        help="before training, try N hyperparameter settings (Optuna) from the search space of "
+             "--tuner-config and train with the best; 0 (default) skips the Tuner")
+    parser.add_argument(
+        "--tuner-config", metavar="FILE",
+        help="the Tuner's search space and epochs per trial (default: schemas/tuner.json)")
     parser.add_argument(
         "--evaluation-config", metavar="FILE",
         help="the gates a model must pass to be pushed (default: schemas/evaluation.json): "
@@ -135,16 +146,18 @@ def check_beam_args(beam_args) -> None:
 def run(args, beam_args) -> None:
     # Components are imported where first used: an input error surfaces before TensorFlow loads.
     from pipeline.config import (SCHEMAS_DIR, EvaluationConfig, IngestConfig, TrainerConfig,
-                                 load_json)
+                                 TunerConfig, load_json)
 
     config = IngestConfig.load(args.ingest_config, max_bad_row_fraction=args.max_bad_rows)
-    cli = {"epochs": args.epochs, "batch_size": args.batch_size}
-    # The built-in data brings its own training budget (schemas/default_data.json); flags win.
-    builtin = load_json("default_data.json")["trainer"] if not (
-        args.data or args.trainer_config) else {}
-    trainer_config = TrainerConfig.load(args.trainer_config, **{
-        **builtin, **{k: v for k, v in cli.items() if v is not None}})
+    # The built-in data brings its own epoch budget (schemas/default_data.json); flags win.
+    builtin_epochs = None if args.data or args.trainer_config else load_json(
+        "default_data.json")["epochs"]
+    trainer_config = TrainerConfig.load(args.trainer_config, epochs=args.epochs or builtin_epochs,
+                                        batch_size=args.batch_size)
     gates = EvaluationConfig.load(config.classes, config.splits, args.evaluation_config)
+    if args.tune < 0:
+        raise UserError(f"--tune takes a number of trials, 0 or more (got {args.tune}).")
+    tuner_config = TunerConfig.load(args.tuner_config) if args.tune else None
     validation = load_json("validation.json")
     curated_schema = SCHEMAS_DIR / "schema.pbtxt"
     root = Path(args.pipeline_root).resolve()
@@ -154,10 +167,12 @@ def run(args, beam_args) -> None:
         raise UserError(f"The pipeline root {root} cannot be a folder: a file of that name (or "
                         f"above it) is in the way. Pass another --pipeline-root.") from None
     with _lock(root):
-        _run(args, beam_args, root, config, trainer_config, gates, validation, curated_schema)
+        _run(args, beam_args, root, config, trainer_config, tuner_config, gates, validation,
+             curated_schema)
 
 
-def _run(args, beam_args, root, config, trainer_config, gates, validation, curated_schema):
+def _run(args, beam_args, root, config, trainer_config, tuner_config, gates, validation,
+         curated_schema):
     from components import example_gen
     from pipeline import metadata
 
@@ -232,11 +247,41 @@ def _run(args, beam_args, root, config, trainer_config, gates, validation, curat
     from components import trainer
     from pipeline import serving
 
+    inputs = [examples]
+    if tuner_config:
+        from components import tuner
+
+        tuned = steps.run(
+            "Tuner", {"trials": args.tune, "space": dataclasses.asdict(tuner_config),
+                      "config": dataclasses.asdict(trainer_config)}, [examples],
+            lambda out: tuner.run(examples.folder, out, trainer_config, config, tuner_config,
+                                  args.tune))
+        best = tuned.result
+        print(f"Tuner: {len(best['trials'])} trial(s); best eval accuracy "
+              f"{best['best_value']:.3f} with {best['best_hyperparameters']}")
+        trainer_config = tuner.apply(trainer_config, best["best_hyperparameters"])
+        inputs.append(tuned)
+    if done("Tuner"):
+        return
+
+    baseline = serving.latest(args.serving_dir, gates.model_name)
+    base_model = None if args.from_scratch else baseline
+    problem = base_model and trainer.base_model_problem(str(base_model), config)
+    if problem:  # the Evaluator, comparing with it, says more if it cannot be served either
+        print(f"Trainer: cannot start from the serving model {base_model} ({problem}); "
+              f"training from scratch")
+        base_model = None
+    # The base model is recorded in the lineage but is not part of the cache key: a model
+    # trained on the same examples with the same settings and code is reused whatever it
+    # started from, so an identical second run stays "nothing new".
     trained = steps.run(
         "Trainer", {"config": dataclasses.asdict(trainer_config),
-                    "distribution": args.distribution}, [examples],
-        lambda out: trainer.run(examples.folder, out, trainer_config, config, args.distribution),
-        resumable=True)
+                    "distribution": args.distribution, "warm_start": not args.from_scratch},
+        inputs, lambda out: trainer.run(examples.folder, out, trainer_config, config,
+                                        args.distribution,
+                                        base_model=base_model and str(base_model)),
+        resumable=True, records=[steps.store.model(base_model, metadata.tree_fingerprint(
+            base_model))] if base_model else [])
     summary = trained.result
     best = summary["best_eval"]
     print(f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
@@ -247,7 +292,6 @@ def _run(args, beam_args, root, config, trainer_config, gates, validation, curat
 
     metadata_line = (f"Metadata: {root / 'metadata.sqlite'} (python -m pipeline.lineage "
                      f"--pipeline-root {root} --serving-dir {args.serving_dir})")
-    baseline = serving.latest(args.serving_dir, gates.model_name)
     if trained.cached and baseline and steps.store.pushed(str(baseline)) and (
             metadata.tree_fingerprint(Path(summary["serving_model"]))
             == metadata.tree_fingerprint(baseline)):
@@ -284,7 +328,8 @@ def _run(args, beam_args, root, config, trainer_config, gates, validation, curat
         uri=lambda result: result.get("path", "")).result
     page = report.write(root / "reports" / f"{Path(evaluated.folder).name}.html", evaluation,
                         Path(trained.folder) / "history.csv",
-                        Path(statistics.folder) / "Split-train" / "statistics.html", pushed)
+                        Path(statistics.folder) / "Split-train" / "statistics.html", pushed,
+                        summary)
     if pushed["pushed"]:
         print(f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}")
     else:
@@ -311,11 +356,12 @@ class _Steps:
         self.root, self.store, self.code = root, store, metadata.code_version()
 
     def run(self, component: str, parameters: dict, inputs: list, body, resumable=False,
-            uri=None) -> _Step:
+            uri=None, records=()) -> _Step:
         """Reuse a finished execution with the same fingerprint whose files are intact, or run
         one into a fresh folder (or, if `resumable`, into the folder of an unfinished one) and mark
         it complete only if it succeeds. An execution with effects outside the root (`uri` given)
-        always runs."""
+        always runs. `records`: artifact ids recorded as inputs of a new execution, outside the
+        fingerprint."""
         from pipeline import metadata
 
         upstream = [i for i in inputs if isinstance(i, _Step)]
@@ -336,8 +382,8 @@ class _Steps:
             print(f"{component}: continuing the unfinished execution {folder}")
         else:
             folder = _new_execution_dir(self.root, component)
-        execution = self.store.start(component, print_, parameters, [a for a, _ in inputs],
-                                     folder, self.code)
+        execution = self.store.start(component, print_, parameters,
+                                     [a for a, _ in inputs] + list(records), folder, self.code)
         try:
             result = json.loads(json.dumps(body(str(folder)), default=str))
         except BaseException as e:

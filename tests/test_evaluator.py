@@ -234,10 +234,13 @@ def test_report_shows_blessing_reasons_and_plots(tmp_path):
     }
     history = tmp_path / "history.csv"
     history.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.2,2,0.3,1.9\n1,0.5,1,0.6,1\n")
+    training = {"best_epoch": 2, "epochs_run": 2, "warm_start": {"base_model": "serving/fer/1"},
+                "batch_norm_gap": {"inference_mode": 0.6, "training_mode": 0.62, "gap": 0.02}}
     page = report.write(tmp_path / "r.html", evaluation, history, tmp_path / "stats.html",
-                        {"pushed": False})
+                        {"pushed": False}, training)
     text = page.read_text()
     assert "NOT BLESSED" in text and "accuracy of class Fear is 0.250" in text
+    assert "started from</td><td>serving/fer/1" in text and "0.600 / 0.620 (gap +0.020)" in text
     assert text.count("data:image/png;base64,") == 3  # confusion, per class, curves
     assert (tmp_path / "stats.html").as_uri() in text
 

@@ -2,6 +2,7 @@
 killed during training, and one run at a time per pipeline root. Real components throughout."""
 import fcntl
 import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import time
 
 import pytest
 
-from pipeline import serving
+from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+from pipeline import metadata, serving
 from tests.helpers import run_inputs
 
 
@@ -56,6 +59,13 @@ def test_one_changed_hyperparameter_reruns_only_the_trainer_and_what_follows(set
     assert "Trainer: reusing" not in changed and "Trainer: 2 epoch(s)" in changed
     assert (base / "root" / "Trainer" / "2" / "_COMPLETE").exists()
     assert (base / "root" / "Evaluator" / "2" / "_COMPLETE").exists()
+    # A model serves, so the retrain starts from it, and the lineage of the new version says so.
+    serving_v1 = base / "serving" / "fer" / "1"
+    assert f"Trainer: starting from the weights of {serving_v1}" in changed
+    assert "now serving version 2" in changed
+    out = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root", str(base / "root"),
+              "--serving-dir", str(base / "serving"), "--version", "2")
+    assert f"base model {serving_v1}" in out and "warm_start = true" in out
 
 
 def test_lineage_names_the_data_and_parameters_of_a_served_version(setup, first):
@@ -102,3 +112,28 @@ def test_a_run_killed_during_training_continues_where_it_stopped(setup):
         in resumed
     assert "resuming after epoch" in resumed and "Trainer: 4 epoch(s)" in resumed
     assert not (base / "killed" / "Trainer" / "2").exists()
+
+
+def test_tuner_runs_before_the_trainer_and_from_scratch_ignores_the_serving_model(setup, first):
+    base, data, gates = setup
+    search = base / "tuner.json"
+    search.write_text(json.dumps({"epochs_per_trial": 1, "parameters": {
+        "learning_rate": {"low": 0.0005, "high": 0.002, "log": True}}}))
+    args = command(base, data, gates, "tuned", "--epochs", "1", "--tune", "2", "--tuner-config",
+                   str(search), "--from-scratch", "--stop-after", "Trainer")
+    out = run(*args)
+    assert "Tuner: trial 2/2" in out and "Tuner: 2 trial(s); best eval accuracy" in out
+    assert "starting from the weights" not in out  # a model serves, but --from-scratch
+    best = json.loads((base / "tuned" / "Tuner" / "1" / "best_hyperparameters.json").read_text())
+    training = json.loads((base / "tuned" / "Trainer" / "1" / "training.json").read_text())
+    assert training["config"]["learning_rate"] == best["learning_rate"]
+    assert training["warm_start"] is None
+    store = metadata.Store.read_only(base / "tuned")
+    [trainer] = store.get_executions_by_type("Trainer")
+    inputs = [e.artifact_id for e in store.get_events_by_execution_ids([trainer.id])
+              if e.type == mlmd.Event.INPUT]
+    kinds = {store.get_artifact_types_by_id([a.type_id])[0].name
+             for a in store.get_artifacts_by_id(inputs)}
+    assert kinds == {"Examples", "HyperParameters"}
+    again = run(*args)  # cached like every other step
+    assert "Tuner: reusing" in again and "Trainer: reusing" in again

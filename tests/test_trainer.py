@@ -91,6 +91,10 @@ def test_architecture_is_the_seed_design_layer_by_layer():
      "augmentation needs"),
     ({"early_stopping": {"monitor": "val_auc", "patience": 3}}, "early_stopping.monitor"),
     ({"learning_rte": 0.01}, "unknown: ['learning_rte']"),
+    ({"warm_start": {"learning_rate_factor": 2}}, "warm_start needs learning_rate_factor"),
+    ({"final_learning_rate_fraction": 0}, "final_learning_rate_fraction must lie in"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be a whole number >= 0"),
+    ({"batch_norm_population_images": 1.5}, "batch_norm_population_images must be"),
 ])
 def test_bad_trainer_config_is_refused_with_the_reason(tmp_path, change, complaint):
     raw = json.loads((SCHEMAS_DIR / "trainer.json").read_text())

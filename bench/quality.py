@@ -1,0 +1,192 @@
+"""Model quality: the shipped training recipe against the previous one, on data of several sizes.
+
+Data, each split 80/10/10 by the Trainer's usual ExampleGen:
+  digits-N    real images from elsewhere: scikit-learn's bundled handwritten digits (UCI, 8x8,
+              1,797 images), classes 0-6 as the 7 labels, resized to 48x48 grayscale; N images
+              (1,264 is all of classes 0-6)
+  faces-N     the project's synthetic faces (pipeline.default_data), N images (4,000 is the
+              built-in default data)
+
+Recipes (trainer configs):
+  shipped     schemas/trainer.json as it is
+  previous    the recipe schemas/trainer.json shipped before: momentum-0.99 moving batch-norm
+              statistics, batch 64, constant learning rate 0.001, "balanced" class weights, shifts,
+              zooms 10% and rotations 18 degrees, patience 8 (its ReduceLROnPlateau, which halved
+              the rate after 3 flat epochs, is not reproduced)
+
+For each data set, recipe and seed: test accuracy, macro accuracy, worst class, the epoch of the
+best eval accuracy and the seconds to reach it, the eval gap between training-mode and inference-
+mode batch-norm, and the Evaluator's blessing with the shipped gates (schemas/evaluation.json).
+
+    python bench/quality.py                              # digits-1264, faces-4000; 3 seeds
+    python bench/quality.py --data faces-30000 --seeds 1 --epochs 4
+"""
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pipeline  # noqa: E402,F401  (quiets TensorFlow's C++ logging before it loads)
+from components import evaluator, example_gen, trainer  # noqa: E402
+from pipeline import default_data  # noqa: E402
+from pipeline.config import EvaluationConfig, IngestConfig, TrainerConfig  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+PREVIOUS = {"learning_rate": 0.001, "batch_size": 64, "warmup_epochs": 0, "final_learning_rate_fraction": 1.0,
+            "batch_norm_population_images": 0, "class_weight": "balanced",
+            "early_stopping": {"monitor": "val_accuracy", "patience": 8},
+            "augmentation": {"horizontal_flip": True, "shift": 0.1, "rotation": 0.05, "zoom": 0.1}}
+
+
+def digits_csv(path: Path, images: int, seed: int) -> Path:
+    """scikit-learn's digits 0-6 as FER rows: 48x48, 0-255, Usage drawn 80/10/10 per class."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = digits.target < 7
+    x, y = digits.images[keep], digits.target[keep]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))[:images]
+    x, y = x[order], y[order]
+    big = tf.image.resize(x[..., None] * (255 / 16), (48, 48), method="bilinear").numpy()
+    pixels = np.clip(np.rint(big), 0, 255).astype(np.uint8).reshape(len(y), -1)
+    usage = np.empty(len(y), object)
+    for label in range(7):  # stratified, so every split holds every class
+        members = np.flatnonzero(y == label)
+        cut = np.cumsum([round(len(members) * 0.8), round(len(members) * 0.1)])
+        for part, name in zip(np.split(members, cut), ("Training", "PublicTest", "PrivateTest")):
+            usage[part] = name
+    with open(path, "w") as f:
+        f.write("emotion,pixels,Usage\n")
+        for label, row, split in zip(y, pixels, usage):
+            f.write(f"{label},{' '.join(map(str, row))},{split}\n")
+    return path
+
+
+def examples_for(name: str) -> str:
+    """ExampleGen's output for "digits-N" or "faces-N" ("faces-N-sS": drawn with seed S), made
+    once under bench/.cache/."""
+    kind, images, *seed = name.split("-")
+    seed = int(seed[0][1:]) if seed else 0
+    out = CACHE / f"quality_examples_{name}"
+    if not (out / "_COMPLETE").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        csv = CACHE / f"quality_{name}.csv"
+        if kind == "digits":
+            digits_csv(csv, int(images), seed)
+        else:
+            default_data.write_csv(csv, int(images), seed)
+        example_gen.run(str(csv), str(out), IngestConfig.load(), [])
+        (out / "_COMPLETE").touch()
+    return str(out)
+
+
+def measure(examples: str, config: TrainerConfig, base_model: str | None = None,
+            serving: str | None = None) -> dict:
+    """Train (from base_model's weights if given), then evaluate with the shipped gates, against
+    the serving model if given."""
+    ingest = IngestConfig.load()
+    gates = EvaluationConfig.load(ingest.classes, ingest.splits)
+    with tempfile.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        summary = trainer.run(examples, f"{work}/trainer", config, ingest, base_model=base_model)
+        seconds = time.perf_counter() - started
+        result = evaluator.run(summary["serving_model"], examples, f"{work}/evaluator", gates,
+                               ingest.classes, serving)
+    values = result["metrics"]["candidate"]
+    per_class = values["class_accuracy"]
+    gap = summary["batch_norm_gap"]
+    return {
+        "accuracy": values["accuracy"], "macro": values["macro_accuracy"],
+        "worst_class": min(per_class, key=per_class.get),
+        "worst": min(per_class.values()),
+        "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+        "seconds_to_best": round(seconds * summary["best_epoch"] / summary["epochs_run"], 1),
+        "gap": gap and gap["gap"], "blessed": result["blessed"], "reasons": result["reasons"],
+        "serving_accuracy": serving and result["metrics"]["baseline"]["accuracy"],
+    }
+
+
+def warm_start(span: str, seeds: int) -> list[dict]:
+    from pipeline.config import load_json
+
+    ingest = IngestConfig.load()
+    base_config = dataclasses.replace(TrainerConfig.load(),
+                                      epochs=load_json("default_data.json")["epochs"])
+    base = CACHE / "quality_base_model"
+    if not (base / "serving_model" / "saved_model.pb").exists():
+        trainer.run(examples_for("faces-4000"), str(base), base_config, ingest)
+    serving = str(base / "serving_model")
+    examples = examples_for(span)
+    rows = []
+    print(f"\nWarm start: the serving model was trained on faces-4000; new span {span}")
+    print("| start | seed | test acc | serving model's test acc | macro | worst class | "
+          "best epoch / run | s to best | blessed against serving |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for seed in range(seeds):
+        for start, base_model in (("scratch", None), ("warm", serving)):
+            config = dataclasses.replace(TrainerConfig.load(), seed=seed)
+            row = {"data": span, "start": start, "seed": seed,
+                   **measure(examples, config, base_model, serving)}
+            rows.append(row)
+            print(f"| {start} | {seed} | {row['accuracy']:.3f} | {row['serving_accuracy']:.3f} | "
+                  f"{row['macro']:.3f} | {row['worst_class']} {row['worst']:.3f} | "
+                  f"{row['best_epoch']} / {row['epochs_run']} | {row['seconds_to_best']} | "
+                  f"{'yes' if row['blessed'] else 'no: ' + '; '.join(row['reasons'])} |",
+                  flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["digits-1264", "faces-4000"])
+    parser.add_argument("--recipes", nargs="+", default=["previous", "shipped"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="epoch budget (default: the recipe's; the "
+                        "built-in data's own budget from schemas/default_data.json for faces-4000)")
+    parser.add_argument("--warm-start", metavar="SPAN", help="also: a model trained on faces-4000 "
+                        "serves; a new span (e.g. faces-600-s1) is trained from scratch and from "
+                        "the serving model, each gated against it")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+
+    from pipeline.config import load_json
+
+    rows = []
+    print("| data | recipe | seed | test acc | macro | worst class | best epoch / run | "
+          "s to best | BN gap | blessed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for data in args.data:
+        examples = examples_for(data)
+        budget = args.epochs or (load_json("default_data.json")["epochs"]
+                                 if data == "faces-4000" else None)
+        for recipe in args.recipes:
+            for seed in range(args.seeds):
+                changes = {**(PREVIOUS if recipe == "previous" else {}), "seed": seed}
+                if budget:
+                    changes["epochs"] = budget
+                config = dataclasses.replace(TrainerConfig.load(), **changes)
+                row = {"data": data, "recipe": recipe, "seed": seed, **measure(examples, config)}
+                rows.append(row)
+                print(f"| {data} | {recipe} | {seed} | {row['accuracy']:.3f} | "
+                      f"{row['macro']:.3f} | {row['worst_class']} {row['worst']:.3f} | "
+                      f"{row['best_epoch']} / {row['epochs_run']} | {row['seconds_to_best']} | "
+                      f"{row['gap'] if row['gap'] is not None else '-'} | "
+                      f"{'yes' if row['blessed'] else 'no'} |", flush=True)
+    if args.warm_start:
+        rows += warm_start(args.warm_start, args.seeds)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

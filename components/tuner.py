@@ -1,0 +1,73 @@
+"""Tuner: search the Trainer's hyperparameters before training (TFX's Tuner component).
+
+Each trial trains the CNN with the Trainer itself (same tf.data input, batch-norm statistics,
+schedule and class weights) for epochs_per_trial epochs and is scored by its best eval accuracy;
+Optuna's TPE sampler, seeded by the Trainer's seed, proposes the next setting from those scored.
+Optuna rather than KerasTuner: KerasTuner 1.4 drives Keras 3 whenever Keras 3 is installed
+(keras_tuner.backend), while this model is tf_keras; Optuna only proposes numbers, so the trial
+is exactly the Trainer's training.
+
+Output layout (output_dir):
+    best_hyperparameters.json   what the Trainer applies on top of its config
+    trials.json                 every trial: its values, best eval accuracy and epochs
+"""
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from components import trainer
+from pipeline.config import IngestConfig, TrainerConfig, TunerConfig
+
+
+def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: IngestConfig,
+        search: TunerConfig, trials: int) -> dict:
+    """Run `trials` trials; returns the best hyperparameters, their score and every trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(output_dir)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=config.seed))
+    done = []
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {name: _suggest(trial, name, spec) for name, spec in search.parameters.items()}
+        print(f"Tuner: trial {trial.number + 1}/{trials}: {values}", flush=True)
+        folder = out / f"trial-{trial.number}"
+        summary = trainer.run(examples_dir, str(folder), dataclasses.replace(
+            apply(config, values), epochs=search.epochs_per_trial), ingest)
+        shutil.rmtree(folder)  # the trial's model is not used: its score is
+        score = summary["best_eval"]["val_accuracy"]
+        done.append({"number": trial.number, "values": values, "val_accuracy": score,
+                     "best_epoch": summary["best_epoch"]})
+        return score
+
+    study.optimize(objective, n_trials=trials)
+    result = {"best_hyperparameters": study.best_trial.params, "best_value": study.best_value,
+              "epochs_per_trial": search.epochs_per_trial, "trials": done}
+    (out / "trials.json").write_text(json.dumps(done, indent=2))
+    (out / "best_hyperparameters.json").write_text(json.dumps(study.best_trial.params, indent=2))
+    return result
+
+
+def apply(config: TrainerConfig, values: dict) -> TrainerConfig:
+    """The config with the tuned values ("section.key" sets one key of an object entry)."""
+    changes = {}
+    for name, value in values.items():
+        field, _, key = name.partition(".")
+        if key:
+            changes[field] = {**changes.get(field, getattr(config, field)), key: value}
+        else:
+            changes[field] = value
+    tuned = dataclasses.replace(config, **changes)
+    tuned.check("the Tuner's best hyperparameters")
+    return tuned
+
+
+def _suggest(trial, name: str, spec: dict):
+    if "choices" in spec:
+        return trial.suggest_categorical(name, spec["choices"])
+    if isinstance(spec["low"], int) and isinstance(spec["high"], int):
+        return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+    return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
