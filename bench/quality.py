@@ -147,7 +147,7 @@ def warm_start(span: str, seeds: int) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", default=["digits-1264", "faces-4000"])
+    parser.add_argument("--data", nargs="*", default=["digits-1264", "faces-4000"])
     parser.add_argument("--recipes", nargs="+", default=["previous", "shipped"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="epoch budget (default: the recipe's; the "

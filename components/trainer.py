@@ -263,7 +263,10 @@ class PopulationBatchNorm(keras.callbacks.Callback):
         """fn on every batch of the dataset, spread over the replicas; yields op-reduced results."""
         strategy = self._strategy
         for batch in strategy.experimental_distribute_dataset(dataset):
-            yield strategy.reduce(op, strategy.run(fn, batch), axis=None)
+            # One reduction per tensor: a multi-worker reduce packs what it is given into one
+            # tensor, which needs equal shapes.
+            yield tf.nest.map_structure(lambda value: strategy.reduce(op, value, axis=None),
+                                        strategy.run(fn, batch))
 
     def reestimate(self) -> None:
         sums, n = None, 0
@@ -315,7 +318,7 @@ def base_model_problem(base_model: str, ingest: IngestConfig) -> str | None:
     None: the pipeline asks before training, and trains from scratch rather than fail."""
     try:
         _load_weights(build_cnn(ingest.image_size, len(ingest.classes)), base_model)
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
+    except Exception as e:  # damaged files fail in many ways; to the Trainer they are one
         return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return None
 
@@ -331,7 +334,7 @@ def _load_weights(cnn: keras.Model, base_model: str) -> None:
 def _warm_start(cnn: keras.Model, base_model: str) -> dict:
     try:
         _load_weights(cnn, base_model)
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
+    except Exception as e:  # as in base_model_problem
         raise UserError(
             f"The Trainer cannot start from the model {base_model}: its weights do not fit this "
             f"CNN ({str(e).strip().splitlines()[0][:200]}). Train from scratch (leave out "

@@ -26,6 +26,16 @@ def load_json(name: str, path: str | Path | None = None) -> dict:
                         f"column {e.colno}). Fix the file and run again.") from None
 
 
+def _from_json(cls, name: str, label: str, path: str | Path | None):
+    """(cls built from the entries of config file `name`, where it came from)."""
+    where = path or SCHEMAS_DIR / name
+    try:
+        return cls(**load_json(name, path)), where
+    except TypeError as e:
+        raise UserError(f"{label} config {where} does not have the expected entries ({e}). "
+                        f"Compare it with the copy in the repository.") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestConfig:
     """How FER CSV rows become examples: columns, classes, splits and bad-row limits."""
@@ -185,13 +195,7 @@ class EvaluationConfig:
 
     @classmethod
     def load(cls, classes, splits, path: str | Path | None = None) -> "EvaluationConfig":
-        raw = load_json("evaluation.json", path)
-        where = path or SCHEMAS_DIR / "evaluation.json"
-        try:
-            cfg = cls(**raw)
-        except TypeError as e:
-            raise UserError(f"Gating config {where} does not have the expected entries ({e}). "
-                            f"Compare it with the copy in the repository.") from None
+        cfg, where = _from_json(cls, "evaluation.json", "Gating", path)
         cfg.check(classes, splits, where)
         return cfg
 
@@ -244,13 +248,7 @@ class TunerConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "TunerConfig":
-        raw = load_json("tuner.json", path)
-        where = path or SCHEMAS_DIR / "tuner.json"
-        try:
-            cfg = cls(**raw)
-        except TypeError as e:
-            raise UserError(f"Tuner config {where} does not have the expected entries ({e}). "
-                            f"Compare it with the copy in the repository.") from None
+        cfg, where = _from_json(cls, "tuner.json", "Tuner", path)
         cfg.check(where)
         return cfg
 

@@ -64,8 +64,9 @@ def parse_args(argv):
              "schemas/trainer.json")
     parser.add_argument(
         "--trainer-config", metavar="FILE",
-        help="hyperparameters (default: schemas/trainer.json): learning rate, augmentation, "
-             "class weighting, early stopping, learning-rate reduction, seed")
+        help="hyperparameters (default: schemas/trainer.json): learning-rate schedule, batch "
+             "size, batch-norm statistics, augmentation, class weighting, early stopping, warm "
+             "start, seed")
     parser.add_argument(
         "--from-scratch", action="store_true",
         help="train from random weights even when a model serves (by default the Trainer "
@@ -256,10 +257,10 @@ def _run(args, beam_args, root, config, trainer_config, tuner_config, gates, val
                       "config": dataclasses.asdict(trainer_config)}, [examples],
             lambda out: tuner.run(examples.folder, out, trainer_config, config, tuner_config,
                                   args.tune))
-        best = tuned.result
-        print(f"Tuner: {len(best['trials'])} trial(s); best eval accuracy "
-              f"{best['best_value']:.3f} with {best['best_hyperparameters']}")
-        trainer_config = tuner.apply(trainer_config, best["best_hyperparameters"])
+        search = tuned.result
+        print(f"Tuner: {len(search['trials'])} trial(s); best eval accuracy "
+              f"{search['best_value']:.3f} with {search['best_hyperparameters']}")
+        trainer_config = tuner.apply(trainer_config, search["best_hyperparameters"])
         inputs.append(tuned)
     if done("Tuner"):
         return

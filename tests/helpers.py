@@ -48,3 +48,13 @@ def run_inputs(base: Path) -> tuple[Path, Path]:
     no_floors = {"accuracy": 0, "macro_accuracy": 0, "class_accuracy": {"default": 0}}
     gates.write_text(json.dumps({**raw, "floors": no_floors, "max_drop_vs_serving": {}}))
     return data, gates
+
+
+def example_gen_output(root: Path, rows: int, seed: int) -> str:
+    """ExampleGen's output folder for `rows` synthetic faces drawn with `seed`."""
+    from components import example_gen
+    from pipeline.config import IngestConfig
+
+    data = default_data.write_csv(root / "faces.csv", rows=rows, seed=seed)
+    example_gen.run(str(data), str(root / "out"), IngestConfig.load(), [])
+    return str(root / "out")

@@ -8,19 +8,16 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components import example_gen, trainer, tuner
+from components import trainer, tuner
 from components.model import build_cnn
-from pipeline import default_data
 from pipeline.config import IngestConfig, TrainerConfig, TunerConfig
 from pipeline.errors import UserError
+from tests.helpers import example_gen_output
 
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("examples")
-    data = default_data.write_csv(root / "faces.csv", rows=160, seed=5)
-    example_gen.run(str(data), str(root / "out"), IngestConfig.load(), [])
-    return str(root / "out")
+    return example_gen_output(tmp_path_factory.mktemp("examples"), rows=160, seed=5)
 
 
 def tiny(**changes) -> TrainerConfig:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import example_gen, trainer
+from components import trainer
 from components.model import build_cnn
-from pipeline import default_data
 from pipeline.config import SCHEMAS_DIR, IngestConfig, TrainerConfig
 from pipeline.errors import UserError
+from tests.helpers import example_gen_output
 
 # A few steps of everything: two cores, minutes for the whole file.
 FAST = {"epochs": 2, "batch_size": 16}
@@ -28,10 +28,7 @@ FAST = {"epochs": 2, "batch_size": 16}
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
     """ExampleGen's output for 160 synthetic faces (about 128 train, 16 eval, 16 test)."""
-    root = tmp_path_factory.mktemp("examples")
-    data = default_data.write_csv(root / "faces.csv", rows=160, seed=3)
-    example_gen.run(str(data), str(root / "out"), IngestConfig.load(), [])
-    return str(root / "out")
+    return example_gen_output(tmp_path_factory.mktemp("examples"), rows=160, seed=3)
 
 
 def fast_config(**changes) -> TrainerConfig:
@@ -114,9 +111,15 @@ def test_trains_exports_and_serves_from_a_fresh_process(examples, tmp_path):
     assert not (out / "checkpoints" / "backup").exists()  # resume state is gone once done
     counts = np.array(list(summary["train_class_counts"].values()), float)
     present = counts > 0
-    expected = counts[present].sum() / (present.sum() * counts[present])
+    assert summary["config"]["class_weight"] == "sqrt"
+    raw = 1 / np.sqrt(counts[present])
+    expected = raw * counts[present].sum() / (raw * counts[present]).sum()
     weights = np.array(list(summary["class_weight"].values()))[present]
     np.testing.assert_allclose(weights, expected, rtol=1e-3)  # rare classes weigh more
+    assert np.dot(weights, counts[present]) == pytest.approx(counts[present].sum(), rel=1e-3)
+    balanced = trainer._class_weight(counts.astype(int), "balanced")
+    np.testing.assert_allclose([balanced[i] for i in np.flatnonzero(present)],
+                               counts[present].sum() / (present.sum() * counts[present]), rtol=1e-6)
 
     images = np.random.default_rng(0).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
     serialized = [tf.train.Example(features=tf.train.Features(feature={
