@@ -141,14 +141,13 @@ class TrainerConfig:
 
     def check(self, where) -> None:
         problems = []
-        for name in ("epochs", "batch_size", "shuffle_buffer"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a whole number >= 1 (got {getattr(self, name)!r})")
+        for name, least in (("epochs", 1), ("batch_size", 1), ("shuffle_buffer", 1),
+                            ("warmup_epochs", 0), ("batch_norm_population_images", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                problems.append(f"{name} must be a whole number >= {least} (got {value!r})")
         if not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate must lie in (0, 1) (got {self.learning_rate})")
-        for name in ("warmup_epochs", "batch_norm_population_images"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                problems.append(f"{name} must be a whole number >= 0 (got {getattr(self, name)!r})")
         if not 0 < self.final_learning_rate_fraction <= 1:
             problems.append(f"final_learning_rate_fraction must lie in (0, 1] "
                             f"(got {self.final_learning_rate_fraction})")
