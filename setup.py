@@ -28,7 +28,12 @@ setup(
     version="0.1.0",
     description="TFX-style training pipeline for facial-expression recognition (FER2013 CSV)",
     python_requires="==3.11.*",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*"]),
+    packages=[*find_packages(include=["pipeline", "pipeline.*", "components", "components.*"]),
+              "pipeline.schemas"],
+    # The configuration travels with the package (a wheel, a Dataflow worker): schemas/ is
+    # installed as pipeline/schemas/; a checkout keeps using its own schemas/ (pipeline.config).
+    package_dir={"pipeline.schemas": "schemas"},
+    package_data={"pipeline.schemas": ["*.json", "*.pbtxt"]},
     install_requires=PINS,
     extras_require={"test": ["pytest==9.2.0"],
                     "bench": ["scikit-learn==1.6.1"]},  # bench/quality.py's real digit images

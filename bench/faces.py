@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from components import example_gen, trainer
-from pipeline import default_data
+from pipeline import artifacts, default_data
 from pipeline.config import IngestConfig, TrainerConfig
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -16,14 +16,14 @@ def tfrecords(split: str, images: int, seed: int) -> list[str]:
     """ExampleGen's files for `images` faces, all in `split`."""
     ingest = IngestConfig.load()
     examples = CACHE / f"{split}_examples_{images}_seed{seed}"
-    if not (examples / "_COMPLETE").exists():
+    if not artifacts.is_complete(examples):
         print(f"writing {images:,} synthetic faces as TFRecords into {examples} (once) ...")
         csv = default_data.write_csv(CACHE / f"faces_{images}_seed{seed}.csv", images, seed)
         example_gen.run(str(csv), str(examples), dataclasses.replace(
             ingest, usage_to_split={u: split for u in ingest.usage_to_split},
             hash_split={split: 1.0}), [])
-        (examples / "_COMPLETE").touch()
-    return sorted(str(p) for p in (examples / f"Split-{split}").glob("*"))
+        artifacts.mark_complete(examples)
+    return artifacts.example_files(examples, split)
 
 
 def arrays(files: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,10 +9,11 @@ Data, each split 80/10/10 by the Trainer's usual ExampleGen:
 
 Recipes (trainer configs):
   shipped     schemas/trainer.json as it is
-  previous    the recipe schemas/trainer.json shipped before: momentum-0.99 moving batch-norm
-              statistics, batch 64, constant learning rate 0.001, "balanced" class weights, shifts,
-              zooms 10% and rotations 18 degrees, patience 8 (its ReduceLROnPlateau, which halved
-              the rate after 3 flat epochs, is not reproduced)
+  previous    the recipe shipped before: pixels scaled to [0, 1] (not standardised per image),
+              momentum-0.99 moving batch-norm statistics, batch 64, constant learning rate 0.001,
+              "balanced" class weights, shifts, zooms 10% and rotations 18 degrees, patience 8
+              (its ReduceLROnPlateau, which halved the rate after 3 flat epochs, is not
+              reproduced)
 
 For each data set, recipe and seed: test accuracy, macro accuracy, worst class, the epoch of the
 best eval accuracy and the seconds to reach it, the eval gap between training-mode and inference-
@@ -22,6 +23,7 @@ mode batch-norm, and the Evaluator's blessing with the shipped gates (schemas/ev
     python bench/quality.py --data faces-30000 --seeds 1 --epochs 4
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -34,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pipeline  # noqa: E402,F401  (quiets TensorFlow's C++ logging before it loads)
 from components import evaluator, example_gen, trainer  # noqa: E402
-from pipeline import default_data  # noqa: E402
+from pipeline import artifacts, default_data  # noqa: E402
 from pipeline.config import EvaluationConfig, IngestConfig, TrainerConfig  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -76,7 +78,7 @@ def examples_for(name: str) -> str:
     kind, images, *seed = name.split("-")
     seed = int(seed[0][1:]) if seed else 0
     out = CACHE / f"quality_examples_{name}"
-    if not (out / "_COMPLETE").exists():
+    if not artifacts.is_complete(out):
         CACHE.mkdir(parents=True, exist_ok=True)
         csv = CACHE / f"quality_{name}.csv"
         if kind == "digits":
@@ -84,7 +86,7 @@ def examples_for(name: str) -> str:
         else:
             default_data.write_csv(csv, int(images), seed)
         example_gen.run(str(csv), str(out), IngestConfig.load(), [])
-        (out / "_COMPLETE").touch()
+        artifacts.mark_complete(out)
     return str(out)
 
 
@@ -112,6 +114,22 @@ def measure(examples: str, config: TrainerConfig, base_model: str | None = None,
         "gap": gap and gap["gap"], "blessed": result["blessed"], "reasons": result["reasons"],
         "serving_accuracy": serving and result["metrics"]["baseline"]["accuracy"],
     }
+
+
+@contextlib.contextmanager
+def previous_input(active: bool):
+    """The previous recipe's model input: pixels scaled to [0, 1], not standardised per image."""
+    from tf_keras import layers
+
+    from components import model
+
+    standardize = model.StandardizeImage
+    if active:
+        model.StandardizeImage = lambda name: layers.Rescaling(1 / 255, name=name)
+    try:
+        yield
+    finally:
+        model.StandardizeImage = standardize
 
 
 def warm_start(span: str, seeds: int) -> list[dict]:
@@ -174,7 +192,9 @@ def main(argv=None) -> int:
                 if budget:
                     changes["epochs"] = budget
                 config = dataclasses.replace(TrainerConfig.load(), **changes)
-                row = {"data": data, "recipe": recipe, "seed": seed, **measure(examples, config)}
+                with previous_input(recipe == "previous"):
+                    row = {"data": data, "recipe": recipe, "seed": seed,
+                           **measure(examples, config)}
                 rows.append(row)
                 print(f"| {data} | {recipe} | {seed} | {row['accuracy']:.3f} | "
                       f"{row['macro']:.3f} | {row['worst_class']} {row['worst']:.3f} | "

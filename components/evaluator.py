@@ -15,16 +15,24 @@ Output layout (output_dir):
     BLESSED | NOT_BLESSED  marker file, as TFX's Evaluator writes
 """
 import json
+import logging
 from pathlib import Path
 
 import tensorflow_model_analysis as tfma
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import serving
+from pipeline import artifacts, serving
 from pipeline.config import LABEL_FEATURE, EvaluationConfig
 from pipeline.errors import UserError
 
 CANDIDATE, BASELINE = "candidate", "baseline"
+# TFMA's notices that say nothing to the user: its "support for TF 2.0 is in beta" (the pinned
+# TFMA 0.47 is the release built for TF 2.16) and TensorFlow's deprecation note about the
+# tf_record_iterator TFMA's own writer calls.
+_NOTICES = ("TFMA support for TF 2.0 is currently in beta", "tf_record_iterator")
+for _logger in ("absl", "tensorflow"):
+    logging.getLogger(_logger).addFilter(
+        lambda record: not any(n in record.getMessage() for n in _NOTICES))
 _LABELS = {"accuracy": "overall accuracy", "macro_accuracy": "macro-averaged accuracy"}
 
 
@@ -46,7 +54,7 @@ def run(model_dir: str, examples_dir: str, output_dir: str, gates: EvaluationCon
                                                      eval_config=eval_config))
     tfma.run_model_analysis(
         eval_shared_model=models if baseline_dir else models[0], eval_config=eval_config,
-        data_location=str(Path(examples_dir) / f"Split-{gates.split}" / "*"),
+        data_location=artifacts.examples_pattern(examples_dir, gates.split),
         output_path=str(out / "tfma"), pipeline_options=PipelineOptions(list(beam_args)))
 
     # TFMA drops the name of a lone model.

@@ -32,7 +32,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.coders import example_coder
 
-from pipeline import fer_csv
+from pipeline import artifacts, fer_csv
 from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig
 from pipeline.errors import IntegrityError, UserError
 
@@ -75,7 +75,7 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     counters = {r.key.metric.name: r.committed for r in
                 result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE))["counters"]}
 
-    written = {s: _count_records(os.path.join(output_dir, f"Split-{s}")) for s in config.splits}
+    written = {s: _count_records(artifacts.example_files(output_dir, s)) for s in config.splits}
     reasons = _quarantine_reasons(os.path.join(output_dir, "quarantine"))
     quarantined, blank = sum(reasons.values()), counters.get("blank_lines", 0)
     counts = {
@@ -196,7 +196,7 @@ def _run_beam(chunks, output_dir, config, beam_args):
                   _ParseChunk.QUARANTINE, *config.splits))
     for split in config.splits:
         _ = parsed[split] | f"Write-{split}" >> beam.io.Write(_GzipTFRecordSink(
-            os.path.join(output_dir, f"Split-{split}", "data"), config.records_per_shard))
+            os.path.join(artifacts.split_dir(output_dir, split), "data"), config.records_per_shard))
     _ = parsed[_ParseChunk.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
         os.path.join(output_dir, "quarantine", "bad_rows"), file_name_suffix=".jsonl")
     result = pipeline.run()
@@ -215,7 +215,7 @@ class _GzipTFRecordSink(tfrecordio._TFRecordSink):
 
     def __init__(self, file_path_prefix: str, records_per_shard: int):
         filebasedsink.FileBasedSink.__init__(
-            self, file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=".tfrecord.gz",
+            self, file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=artifacts.EXAMPLES_SUFFIX,
             num_shards=0, shard_name_template=None, mime_type="application/octet-stream",
             compression_type=CompressionTypes.UNCOMPRESSED, max_records_per_shard=records_per_shard)
 
@@ -237,10 +237,10 @@ class _GzipWriter(gzip.GzipFile):
             self._raw.close()
 
 
-def _count_records(split_dir: str) -> int:
+def _count_records(files: list[str]) -> int:
     """Records on disk, each one's checksums verified as it is read back."""
     count = 0
-    for path in sorted(glob.glob(os.path.join(split_dir, "*.tfrecord.gz"))):
+    for path in files:
         with gzip.open(path, "rb") as f:
             while tfrecordio._TFRecordUtil.read_record(f) is not None:
                 count += 1

@@ -19,6 +19,7 @@ import os
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
+from pipeline import artifacts
 from pipeline.errors import UserError
 
 LABEL = "emotion"
@@ -38,8 +39,8 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
     plain = _without(schema, "skew_comparator", "drift_comparator")
     for split, split_stats in stats.items():
         anomalies = tfdv.validate_statistics(split_stats, plain)
-        os.makedirs(os.path.join(output_dir, f"Split-{split}"), exist_ok=True)
-        tfdv.write_anomalies_text(anomalies, os.path.join(output_dir, f"Split-{split}",
+        os.makedirs(artifacts.split_dir(output_dir, split), exist_ok=True)
+        tfdv.write_anomalies_text(anomalies, os.path.join(artifacts.split_dir(output_dir, split),
                                                           "SchemaDiff.pbtxt"))
         findings += _findings(anomalies, "schema", split, comparators=False)
 

@@ -6,17 +6,13 @@ disk), then renamed to its version number in one step: TF Serving, predict and t
 Evaluator never see a half-copied model. Existing versions are never overwritten or removed, and
 the model serving already is not pushed again: pushing is idempotent.
 """
-import fcntl
 import json
-import os
 import shutil
 from pathlib import Path
 
-from pipeline import serving
+from pipeline import artifacts, serving
 from pipeline.errors import UserError
 from pipeline.metadata import tree_fingerprint
-
-_PARTIAL = ".partial-"
 
 
 def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
@@ -34,8 +30,7 @@ def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
 def _push(model: Path, model_root: Path) -> Path:
     try:
         model_root.mkdir(parents=True, exist_ok=True)
-        with open(model_root / ".lock", "a") as lock:  # pipelines with other roots may push here
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with artifacts.lock(model_root / ".lock"):  # pipelines with other roots may push here
             return _copy_in(model, model_root)
     except OSError as e:
         if isinstance(e, shutil.Error):  # copytree lists (source, target, why) per failed file
@@ -47,35 +42,24 @@ def _push(model: Path, model_root: Path) -> Path:
 
 
 def _copy_in(model: Path, model_root: Path) -> Path:
-    for stale in model_root.glob(_PARTIAL + "*"):  # left by an interrupted push
+    for stale in model_root.glob(artifacts.STAGING + "*"):  # left by an interrupted push
         shutil.rmtree(stale, ignore_errors=True)
     newest = max(serving.versions(model_root), default=0)
     if newest and tree_fingerprint(model_root / str(newest)) == tree_fingerprint(model):
         return model_root / str(newest)  # pushed already (by a run that died before recording it)
     version = newest + 1
-    partial = model_root / f"{_PARTIAL}{version}"
+    partial = artifacts.staging_path(model_root / str(version))
     try:
         shutil.copytree(model, partial, ignore=lambda d, names: (
             ["saved_model.pb"] if Path(d) == model else []))
         shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
-        _flush(partial)
+        artifacts.flush(partial)
     except BaseException:  # a full disk, say: give the space back, leave no half model behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
     while (model_root / str(version)).exists():  # never replace a version
         version += 1
     target = model_root / str(version)
-    os.rename(partial, target)
-    _flush(model_root)
+    artifacts.publish(partial, target)
     return target
 
-
-def _flush(folder: Path) -> None:
-    """fsync every file and the folder itself, so the rename publishes data already on disk."""
-    for path in [*folder.rglob("*"), folder]:
-        if path.is_file() or path == folder:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_data_validation.utils.display_util import get_statistics_html
 from tfx_bsl.public import tfxio
 
+from pipeline import artifacts
 from pipeline.config import PIXELS_FEATURE
 from pipeline.errors import UserError
 
@@ -40,11 +41,11 @@ def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dic
     paths = {}
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
         for split in splits:
-            pattern = os.path.join(examples_dir, f"Split-{split}", "*.tfrecord.gz")
+            pattern = artifacts.examples_pattern(examples_dir, split)
             if not glob.glob(pattern):
                 raise UserError(f"No examples for split {split!r} under {examples_dir}. Run "
                                 f"ExampleGen again; its output is incomplete.")
-            paths[split] = os.path.join(output_dir, f"Split-{split}", STATS_FILE)
+            paths[split] = os.path.join(artifacts.split_dir(output_dir, split), STATS_FILE)
             _ = (pipeline
                  | f"Read-{split}" >> tfxio.TFExampleRecord(
                      pattern, telemetry_descriptors=["fer", "StatisticsGen"]).BeamSource()
@@ -94,7 +95,7 @@ def _one_per_row(values: np.ndarray, present: np.ndarray) -> pa.ListArray:
 def _write_html(paths: dict[str, str], output_dir: str) -> None:
     stats = {split: tfdv.load_stats_binary(path) for split, path in paths.items()}
     for split, split_stats in stats.items():
-        _write(os.path.join(output_dir, f"Split-{split}", "statistics.html"),
+        _write(os.path.join(artifacts.split_dir(output_dir, split), "statistics.html"),
                get_statistics_html(split_stats, lhs_name=split))
     if "train" in stats:
         for split in stats.keys() - {"train"}:

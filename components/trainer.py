@@ -33,7 +33,6 @@ Workers of a multi-worker job run: python -m components.trainer --examples DIR [
 import argparse
 import csv
 import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -47,7 +46,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.model import build_cnn, compile_cnn
-from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig
+from pipeline import artifacts
+from pipeline.config import (LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig,
+                             add_flags, resolve)
 from pipeline.errors import IntegrityError, UserError, report_error
 
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
@@ -85,12 +86,13 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
 
 def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str, chief: bool,
            base_model: str | None) -> dict:
-    files = {split: sorted(glob.glob(os.path.join(examples_dir, f"Split-{split}", "*.tfrecord*")))
+    files = {split: artifacts.example_files(examples_dir, split)
              for split in ("train", "eval")}
     for split, paths in files.items():
         if not paths:
-            raise UserError(f"The Trainer found no TFRecords in {examples_dir}/Split-{split}. "
-                            f"Point it at a completed ExampleGen output folder.")
+            raise UserError(f"The Trainer found no TFRecords in "
+                            f"{artifacts.split_dir(examples_dir, split)}. Point it at a "
+                            f"completed ExampleGen output folder.")
     counts = {split: _label_counts(paths, len(ingest.classes)) for split, paths in files.items()}
     class_weight = _class_weight(counts["train"], config.class_weight)
     image_bytes = ingest.n_pixels + 16
@@ -541,32 +543,39 @@ def _export(model: keras.Model, path: Path, ingest: IngestConfig) -> None:
         "serve_pixels": tf.function(from_pixels).get_concrete_function(
             tf.TensorSpec([None], tf.string, name="pixels")),
     }
-    partial = path.with_name(path.name + ".partial")
+    partial = artifacts.staging_path(path)
     shutil.rmtree(partial, ignore_errors=True)
     tf.saved_model.save(module, str(partial), signatures=signatures)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
+    artifacts.publish(partial, path)
 
 
-def main(argv=None) -> int:
-    """Run the Trainer alone: the command each worker of a multi-worker job runs."""
+def parse_args(argv):
+    """The worker's flags: its own, and the chief's configuration flags (pipeline.config)."""
     parser = argparse.ArgumentParser(prog="python -m components.trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", required=True, help="a completed ExampleGen output folder")
     parser.add_argument("--output", help="output folder (chief only; default: a temporary one)")
     parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="default")
-    parser.add_argument("--trainer-config", help="default: schemas/trainer.json")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--base-model", help="a SavedModel to start from (every worker must be "
                         "given the one the chief starts from: the serving model, unless the run "
                         "trains --from-scratch)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--hyperparameters", metavar="FILE", help="the Tuner's "
+                        "best_hyperparameters.json, when the chief's run tuned")
+    add_flags(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run the Trainer alone: the command each other worker of a multi-worker job runs, with the
+    chief's own configuration flags, so that it resolves the same settings as the chief."""
+    args = parse_args(argv)
     try:
-        config = TrainerConfig.load(args.trainer_config, epochs=args.epochs,
-                                    batch_size=args.batch_size)
-        summary = run(args.examples, args.output, config, IngestConfig.load(), args.distribution,
-                      base_model=args.base_model)
+        settings = resolve(args)
+        trainer_config = settings.trainer.tuned(
+            json.loads(Path(args.hyperparameters).read_text())) if args.hyperparameters \
+            else settings.trainer
+        summary = run(args.examples, args.output, trainer_config, settings.ingest,
+                      args.distribution, base_model=args.base_model)
     except (UserError, IntegrityError) as e:
         return report_error(e)
     print(json.dumps({k: summary[k] for k in ("replicas", "epochs_run", "best_eval")}))

@@ -36,7 +36,7 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
         print(f"Tuner: trial {trial.number + 1}/{trials}: {values}", flush=True)
         folder = out / f"trial-{trial.number}"
         summary = trainer.run(examples_dir, str(folder), dataclasses.replace(
-            apply(config, values), epochs=search.epochs_per_trial), ingest)
+            config.tuned(values), epochs=search.epochs_per_trial), ingest)
         shutil.rmtree(folder)  # the trial's model is not used: its score is
         score = summary["best_eval"]["val_accuracy"]
         done.append({"number": trial.number, "values": values, "val_accuracy": score,
@@ -49,20 +49,6 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
     (out / "trials.json").write_text(json.dumps(done, indent=2))
     (out / "best_hyperparameters.json").write_text(json.dumps(study.best_trial.params, indent=2))
     return result
-
-
-def apply(config: TrainerConfig, values: dict) -> TrainerConfig:
-    """The config with the tuned values ("section.key" sets one key of an object entry)."""
-    changes = {}
-    for name, value in values.items():
-        field, _, key = name.partition(".")
-        if key:
-            changes[field] = {**changes.get(field, getattr(config, field)), key: value}
-        else:
-            changes[field] = value
-    tuned = dataclasses.replace(config, **changes)
-    tuned.check("the Tuner's best hyperparameters")
-    return tuned
 
 
 def _suggest(trial, name: str, spec: dict):

@@ -2,12 +2,23 @@
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 from pipeline.errors import UserError
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+def _schemas_dir() -> Path:
+    """Where the configuration lives: $FER_SCHEMAS_DIR if set; else the checkout's schemas/ (an
+    editable install, where users edit it); else the copy installed with the package."""
+    if os.environ.get("FER_SCHEMAS_DIR"):
+        return Path(os.environ["FER_SCHEMAS_DIR"])
+    checkout = Path(__file__).resolve().parent.parent / "schemas"
+    return checkout if (checkout / "ingest.json").is_file() else Path(__file__).parent / "schemas"
+
+
+SCHEMAS_DIR = _schemas_dir()
+CURATED_SCHEMA = SCHEMAS_DIR / "schema.pbtxt"  # the TFDV schema the data is validated against
 # The tf.Example features ExampleGen writes and every later component reads.
 LABEL_FEATURE, PIXELS_FEATURE = "emotion", "pixels"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as one folder name
@@ -24,6 +35,27 @@ def load_json(name: str, path: str | Path | None = None) -> dict:
     except json.JSONDecodeError as e:
         raise UserError(f"Config file {path} is not valid JSON ({e.msg} at line {e.lineno}, "
                         f"column {e.colno}). Fix the file and run again.") from None
+
+
+def refuse(what: str, problems: list[str]) -> None:
+    if problems:
+        raise UserError(f"{what} is inconsistent: " + "; ".join(problems) + ".")
+
+
+def _with_flags(cfg, label: str, flags: dict | None):
+    """cfg with the values of the flags given ({"--flag": (entry, value or None)}), checked again:
+    the file passed its check, so what fails now is the flags' doing and they are named."""
+    given = {flag: (entry, value) for flag, (entry, value) in (flags or {}).items()
+             if value is not None}
+    if not given:
+        return cfg
+    cfg = dataclasses.replace(cfg, **dict(given.values()))
+    problems = cfg.problems()
+    if problems:
+        named = ", ".join(f"{flag} {value}" for flag, (_, value) in given.items())
+        raise UserError(f"The flag(s) {named} do not fit the {label} configuration: "
+                        + "; ".join(problems) + ". Pass another value.")
+    return cfg
 
 
 def _from_json(cls, name: str, label: str, path: str | Path | None):
@@ -62,7 +94,9 @@ class IngestConfig:
         return tuple(self.hash_split)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides) -> "IngestConfig":
+    def load(cls, path: str | Path | None = None, flags: dict | None = None) -> "IngestConfig":
+        """The file's config (default: schemas/ingest.json), then flags {"--flag": (entry,
+        value or None)} over it; a bad value is blamed on the file or flag that holds it."""
         raw = load_json("ingest.json", path)
         where = path or SCHEMAS_DIR / "ingest.json"
         try:
@@ -83,11 +117,10 @@ class IngestConfig:
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"Config file {where} is missing or mistypes the entry {e}. "
                             f"Compare it with the copy in the repository.") from None
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        cfg.check(where)
-        return cfg
+        refuse(f"Ingestion config {where}", cfg.problems())
+        return _with_flags(cfg, "ingestion", flags)
 
-    def check(self, where) -> None:
+    def problems(self) -> list[str]:
         problems = []
         if set(self.usage_to_split.values()) != set(self.hash_split):
             problems.append("usage_to_split must map onto exactly the splits named in hash_split")
@@ -101,8 +134,7 @@ class IngestConfig:
         bad = [s for s in self.hash_split if not _NAME.fullmatch(s)]
         if bad:  # each split becomes a folder Split-<name>
             problems.append(f"split names {bad} must be 1-64 letters, digits, '_', '.' or '-'")
-        if problems:
-            raise UserError(f"Ingestion config {where} is inconsistent: " + "; ".join(problems) + ".")
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +158,8 @@ class TrainerConfig:
     deterministic: bool
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides) -> "TrainerConfig":
+    def load(cls, path: str | Path | None = None, flags: dict | None = None) -> "TrainerConfig":
+        """As IngestConfig.load, from schemas/trainer.json."""
         raw = load_json("trainer.json", path)
         where = path or SCHEMAS_DIR / "trainer.json"
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -135,11 +168,22 @@ class TrainerConfig:
             raise UserError(f"Trainer config {where} does not have the expected entries "
                             f"(missing: {missing or 'none'}; unknown: {extra or 'none'}). "
                             f"Compare it with the copy in the repository.")
-        cfg = cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
-        cfg.check(where)
-        return cfg
+        cfg = cls(**raw)
+        refuse(f"Trainer config {where}", cfg.problems())
+        return _with_flags(cfg, "trainer", flags)
 
-    def check(self, where) -> None:
+    def tuned(self, values: dict) -> "TrainerConfig":
+        """This config with the Tuner's values ("section.key" sets one key of an object entry)."""
+        changes = {}
+        for name, value in values.items():
+            field, _, key = name.partition(".")
+            changes[field] = {**changes.get(field, getattr(self, field)), key: value} if key \
+                else value
+        tuned = dataclasses.replace(self, **changes)
+        refuse("The Tuner's best hyperparameters", tuned.problems())
+        return tuned
+
+    def problems(self) -> list[str]:
         problems = []
         for name, least in (("epochs", 1), ("batch_size", 1), ("shuffle_buffer", 1),
                             ("warmup_epochs", 0), ("batch_norm_population_images", 0)):
@@ -169,8 +213,7 @@ class TrainerConfig:
                 0 <= aug[k] < 1 for k in ("shift", "rotation", "zoom")):
             problems.append("augmentation needs horizontal_flip (true/false) and shift, rotation, "
                             "zoom as fractions in [0, 1)")
-        if problems:
-            raise UserError(f"Trainer config {where} is inconsistent: " + "; ".join(problems) + ".")
+        return problems
 
 
 # What the Evaluator computes, and so the only metrics a gate may name.
@@ -278,3 +321,114 @@ class TunerConfig:
                                 f"\"log\": true)")
         if problems:
             raise UserError(f"Tuner config {where} is inconsistent: " + "; ".join(problems) + ".")
+
+
+_ANOMALY_CHECKS = ("schema", "skew", "drift", "missing_class")
+
+
+def load_validation(splits, path: str | Path | None = None) -> dict:
+    """The ExampleValidator's policy (schemas/validation.json), checked against the splits."""
+    policy, where = load_json("validation.json", path), path or SCHEMAS_DIR / "validation.json"
+    problems = []
+    exposure = policy.get("exposure")
+    if not isinstance(exposure, dict) or set(exposure) != {
+            "dark_mean_below", "bright_mean_above", "flat_contrast_below",
+            "saturated_value_margin"} or not all(
+            isinstance(v, (int, float)) and 0 <= v <= 255 for v in exposure.values()):
+        problems.append("exposure needs dark_mean_below, bright_mean_above, flat_contrast_below "
+                        "and saturated_value_margin, each a pixel value in [0, 255]")
+    actions = policy.get("on_anomaly")
+    if not isinstance(actions, dict) or set(actions) != set(_ANOMALY_CHECKS) or not all(
+            a in ("stop", "warn") for a in actions.values()):
+        problems.append(f"on_anomaly must set each of {', '.join(_ANOMALY_CHECKS)} to \"stop\" "
+                        f"or \"warn\"")
+    skew = policy.get("skew_against_train")
+    if not isinstance(skew, list) or not set(skew) <= set(splits) - {"train"}:
+        problems.append(f"skew_against_train must list splits other than train (the splits "
+                        f"are {', '.join(splits)})")
+    if policy.get("drift_split") not in splits:
+        problems.append(f"drift_split must be one of the splits {', '.join(splits)}")
+    extra = sorted(set(policy) - {"exposure", "on_anomaly", "skew_against_train", "drift_split"})
+    if extra:
+        problems.append(f"unknown entries {extra}")
+    refuse(f"Validation config {where}", problems)
+    return policy
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every configuration a run uses, resolved once from the files under schemas/ (or the
+    files the flags name) and the flags, each checked before any work starts."""
+
+    ingest: IngestConfig
+    trainer: TrainerConfig
+    evaluation: EvaluationConfig
+    validation: dict
+    tuner: TunerConfig | None
+    tune: int
+
+
+def add_flags(parser) -> None:
+    """The flags that choose or change configuration: the same for pipeline.run and for the
+    Trainer's worker entry (components.trainer), so both resolve the same Settings."""
+    parser.add_argument(
+        "--data", metavar="PATH_OR_GLOB",
+        help="FER CSV input: one file, a directory of shards, or a quoted glob; plain or gzip; "
+             "local or any filesystem Beam knows (gs://...). Default: built-in synthetic faces, "
+             "generated once under the pipeline root, with their own epoch budget "
+             "(schemas/default_data.json).")
+    parser.add_argument(
+        "--ingest-config", metavar="FILE",
+        help="ingestion config (default: schemas/ingest.json): columns, classes, split ratios")
+    parser.add_argument(
+        "--max-bad-rows", metavar="FRACTION", type=float,
+        help="largest share of invalid rows tolerated before ExampleGen stops the run "
+             "(default from the ingestion config: 0.01); invalid rows are quarantined either way")
+    parser.add_argument(
+        "--trainer-config", metavar="FILE",
+        help="hyperparameters (default: schemas/trainer.json): learning-rate schedule, batch "
+             "size, batch-norm statistics, augmentation, class weighting, early stopping, warm "
+             "start, seed")
+    parser.add_argument(
+        "--epochs", metavar="N", type=int,
+        help="most training epochs (early stopping may end sooner); default from the trainer "
+             "config, or the built-in data's budget")
+    parser.add_argument(
+        "--batch-size", metavar="N", type=int,
+        help="global batch size, split across devices and workers; default from the trainer "
+             "config")
+    parser.add_argument(
+        "--tune", metavar="N", type=int, default=0,
+        help="before training, try N hyperparameter settings (Optuna) from the search space of "
+             "--tuner-config and train with the best; 0 (default) skips the Tuner")
+    parser.add_argument(
+        "--tuner-config", metavar="FILE",
+        help="the Tuner's search space and epochs per trial (default: schemas/tuner.json)")
+    parser.add_argument(
+        "--evaluation-config", metavar="FILE",
+        help="the gates a model must pass to be pushed (default: schemas/evaluation.json): "
+             "floors for overall, macro and per-class accuracy, largest drop against the "
+             "serving model, model name, evaluation split")
+
+
+def resolve(args) -> Settings:
+    """Settings from the flags of add_flags: flags over files over schemas/. The built-in data
+    (no --data) brings its own epoch budget unless --trainer-config or --epochs is given."""
+    ingest = IngestConfig.load(args.ingest_config,
+                               {"--max-bad-rows": ("max_bad_row_fraction", args.max_bad_rows)})
+    trainer = TrainerConfig.load(args.trainer_config)
+    if not args.data and not args.trainer_config:
+        budget = load_json("default_data.json").get("epochs")
+        if not isinstance(budget, int) or budget < 1:
+            raise UserError(f"Config file {SCHEMAS_DIR / 'default_data.json'} must give the "
+                            f"built-in data's \"epochs\", a whole number >= 1 (got {budget!r}).")
+        trainer = dataclasses.replace(trainer, epochs=budget)
+    trainer = _with_flags(trainer, "trainer", {"--epochs": ("epochs", args.epochs),
+                                               "--batch-size": ("batch_size", args.batch_size)})
+    if args.tune < 0:
+        raise UserError(f"--tune takes a number of trials, 0 or more (got {args.tune}).")
+    return Settings(
+        ingest=ingest, trainer=trainer,
+        evaluation=EvaluationConfig.load(ingest.classes, ingest.splits, args.evaluation_config),
+        validation=load_validation(ingest.splits),
+        tuner=TunerConfig.load(args.tuner_config) if args.tune else None, tune=args.tune)

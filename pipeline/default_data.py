@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import artifacts
 from pipeline.config import IngestConfig, load_json
 
 _SUPERSAMPLE = 2
@@ -58,13 +59,13 @@ def write_csv(path: str | Path, rows: int, seed: int) -> Path:
     """Write a FER2013-format CSV (gzip if the name ends in .gz); atomically, via a temp name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = artifacts.staging_path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(tmp, "wt", newline="") as f:
         f.write("emotion,pixels,Usage\n")
         for label, image, usage in generate(rows, seed):
             f.write(f"{label},{' '.join(map(str, image.ravel().tolist()))},{usage}\n")
-    tmp.replace(path)
+    artifacts.publish(tmp, path)
     return path
 
 

@@ -6,8 +6,9 @@ and the run that asked for it (a context). So one can ask which data and code pr
 
 An execution's fingerprint is a hash of its component, parameters, code and input fingerprints
 (input files by content). A COMPLETE execution with the same fingerprint whose folder is marked
-_COMPLETE, and still holds the bytes it held when it finished, is reused instead of run again; an
-unfinished one can be continued (the Trainer's). A damaged output is retired, never reused.
+complete (pipeline.artifacts) and still holds the bytes it held when it finished is reused instead
+of run again; an unfinished one can be continued (the Trainer's). A damaged output is retired,
+never reused. An execution's start and its completion are each one transaction.
 """
 import hashlib
 import json
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+from pipeline import artifacts
 
 _CODE_DIRS = ("components", "pipeline")
 OUTPUT_TYPES = {"ExampleGen": "Examples", "StatisticsGen": "ExampleStatistics",
@@ -79,11 +82,13 @@ def file_fingerprints(data: str | list[str]) -> dict[str, str]:
 
 
 def tree_fingerprint(folder: Path) -> str | None:
-    """Content hash of a folder (a SavedModel): the same model under another path is the same."""
+    """Content hash of a folder (a SavedModel, an execution's output, its completion marker
+    aside): the same model under another path is the same."""
     if not folder or not Path(folder).is_dir():
         return None
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    for path in sorted(p for p in Path(folder).rglob("*")
+                       if p.is_file() and p != Path(folder) / artifacts.MARKER):
         digest.update(str(path.relative_to(folder)).encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
@@ -146,7 +151,7 @@ class Store:
         whose output is still live, newest first."""
         for e in self._executions(component, print_):
             folder = Path(e.custom_properties["folder"].string_value)
-            if e.last_known_state == mlmd.Execution.COMPLETE and (folder / "_COMPLETE").exists():
+            if e.last_known_state == mlmd.Execution.COMPLETE and artifacts.is_complete(folder):
                 [artifact] = self.store.get_artifacts_by_id([self.output_of(e)])
                 if artifact.state == mlmd.Artifact.LIVE:
                     yield (e, folder, json.loads(e.custom_properties["result"].string_value),
@@ -165,10 +170,17 @@ class Store:
         self.store.put_artifacts([artifact])
 
     def abandon_interrupted(self) -> list[int]:
-        """Executions left RUNNING by a run that died (killed, power cut) become FAILED. Called
-        under the root's lock, so none of them can still be running."""
-        stale = [e for e in self.store.get_executions()
-                 if e.last_known_state == mlmd.Execution.RUNNING]
+        """Executions left RUNNING by a run that died (killed, power cut) become FAILED; one that
+        died between recording an execution COMPLETE and marking its folder gets the marker now
+        if its files are intact. Called under the root's lock, so none can still be running."""
+        executions = self.store.get_executions()
+        for e in executions:
+            folder = e.custom_properties["folder"].string_value
+            if e.last_known_state == mlmd.Execution.COMPLETE and not artifacts.is_complete(folder):
+                [artifact] = self.store.get_artifacts_by_id([self.output_of(e)])
+                if Path(folder).is_dir() and self.intact(Path(folder), artifact):
+                    artifacts.mark_complete(folder)
+        stale = [e for e in executions if e.last_known_state == mlmd.Execution.RUNNING]
         for e in stale:
             e.last_known_state = mlmd.Execution.FAILED
             e.custom_properties["failure"].string_value = "interrupted: its run ended before it"
@@ -181,7 +193,7 @@ class Store:
         for e in self._executions(component, print_):
             folder = Path(e.custom_properties["folder"].string_value)
             if e.last_known_state != mlmd.Execution.COMPLETE and folder.is_dir() and not (
-                    folder / "_COMPLETE").exists():
+                    artifacts.is_complete(folder)):
                 return folder
         return None
 
@@ -194,12 +206,8 @@ class Store:
                            "parameters": json.dumps(parameters, sort_keys=True, default=str),
                            "pid": str(os.getpid())}.items():
             e.custom_properties[key].string_value = value
-        [e.id] = self.store.put_executions([e])
-        events = [mlmd.Event(artifact_id=a, execution_id=e.id, type=mlmd.Event.INPUT)
-                  for a in inputs]
-        if events:
-            self.store.put_events(events)
-        self.associate(e)
+        inputs = self.store.get_artifacts_by_id(inputs) if inputs else []
+        e.id, _, _ = self._put(e, [(a, mlmd.Event.INPUT) for a in inputs])
         return e
 
     def associate(self, e: mlmd.Execution) -> None:
@@ -207,19 +215,25 @@ class Store:
             [], [mlmd.Association(context_id=self.run.id, execution_id=e.id)])
 
     def finish(self, e: mlmd.Execution, component: str, uri: str, result, **properties) -> int:
-        """Mark the execution COMPLETE and record its output artifact; returns the artifact id."""
+        """Mark the execution COMPLETE with its output artifact, atomically; returns the
+        artifact id."""
         artifact = mlmd.Artifact(type_id=self._type("artifact", OUTPUT_TYPES[component]),
                                  uri=uri, state=mlmd.Artifact.LIVE)
         for key, value in {"fingerprint": e.custom_properties["fingerprint"].string_value,
                            **properties}.items():
             artifact.custom_properties[key].string_value = str(value)
-        [artifact_id] = self.store.put_artifacts([artifact])
         e.last_known_state = mlmd.Execution.COMPLETE
         e.custom_properties["result"].string_value = json.dumps(result, default=str)
-        self.store.put_executions([e])
-        self.store.put_events([mlmd.Event(artifact_id=artifact_id, execution_id=e.id,
-                                          type=mlmd.Event.OUTPUT)])
+        _, [artifact_id], _ = self._put(e, [(artifact, mlmd.Event.OUTPUT)])
         return artifact_id
+
+    def _put(self, e: mlmd.Execution, artifacts: list) -> tuple:
+        """One transaction: the execution, its (artifact, event type) pairs and this run's
+        context. A kill leaves all of it recorded or none (never a COMPLETE execution without
+        its output)."""
+        return self.store.put_execution(
+            e, [(a, mlmd.Event(type=kind)) for a, kind in artifacts], [self.run],
+            force_reuse_context=True)
 
     def fail(self, e: mlmd.Execution, why: str) -> None:
         e.last_known_state = mlmd.Execution.FAILED

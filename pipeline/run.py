@@ -5,32 +5,30 @@ Flags this program does not know are passed to Apache Beam, e.g.
 --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py
 """
 import argparse
-import contextlib
 import dataclasses
+import difflib
+import functools
 import json
 import logging
 import os
 import signal
 import sys
-import time
 import typing
 from pathlib import Path
 
+from pipeline import artifacts, config
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
-
-COMPONENTS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Tuner",
-              "Trainer", "Evaluator", "Pusher")
 
 
 def parse_args(argv):
+    return _parser().parse_known_args(argv)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.run", description=__doc__, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data", metavar="PATH_OR_GLOB",
-        help="FER CSV input: one file, a directory of shards, or a quoted glob; plain or gzip; "
-             "local or any filesystem Beam knows (gs://...). Default: built-in synthetic faces, "
-             "generated once under the pipeline root.")
+    config.add_flags(parser)
     parser.add_argument(
         "--spans", metavar="N", type=int, default=1,
         help="when --data is a folder of dated drops (span-YYYYMMDD/), train on the newest N of "
@@ -46,49 +44,17 @@ def parse_args(argv):
              "behind (default: ./serving)")
     parser.add_argument(
         "--stop-after", metavar="COMPONENT", choices=COMPONENTS, default=COMPONENTS[-1],
-        help=f"stop after this component; one of {', '.join(COMPONENTS)}")
-    parser.add_argument(
-        "--max-bad-rows", metavar="FRACTION", type=float,
-        help="largest share of invalid rows tolerated before ExampleGen stops the run "
-             "(default from schemas/ingest.json: 0.01); invalid rows are quarantined either way")
-    parser.add_argument(
-        "--ingest-config", metavar="FILE",
-        help="ingestion config (default: schemas/ingest.json): columns, classes, split ratios")
-    parser.add_argument(
-        "--epochs", metavar="N", type=int,
-        help="most training epochs (early stopping may end sooner); default from "
-             "schemas/trainer.json")
-    parser.add_argument(
-        "--batch-size", metavar="N", type=int,
-        help="global batch size, split across devices and workers; default from "
-             "schemas/trainer.json")
-    parser.add_argument(
-        "--trainer-config", metavar="FILE",
-        help="hyperparameters (default: schemas/trainer.json): learning-rate schedule, batch "
-             "size, batch-norm statistics, augmentation, class weighting, early stopping, warm "
-             "start, seed")
+        help=f"stop after this step; one of {', '.join(COMPONENTS)}")
     parser.add_argument(
         "--from-scratch", action="store_true",
         help="train from random weights even when a model serves (by default the Trainer "
              "starts from the serving model's weights and fine-tunes them on the new data)")
     parser.add_argument(
-        "--tune", metavar="N", type=int, default=0,
-        help="before training, try N hyperparameter settings (Optuna) from the search space of "
-             "--tuner-config and train with the best; 0 (default) skips the Tuner")
-    parser.add_argument(
-        "--tuner-config", metavar="FILE",
-        help="the Tuner's search space and epochs per trial (default: schemas/tuner.json)")
-    parser.add_argument(
-        "--evaluation-config", metavar="FILE",
-        help="the gates a model must pass to be pushed (default: schemas/evaluation.json): "
-             "floors for overall, macro and per-class accuracy, largest drop against the "
-             "serving model, model name, evaluation split")
-    parser.add_argument(
         "--distribution", choices=("default", "mirrored", "multi_worker"), default="default",
         help="tf.distribute strategy for the Trainer: default (one device), mirrored (all GPUs "
              "of this machine), multi_worker (MultiWorkerMirroredStrategy; the cluster comes "
              "from TF_CONFIG, and the other workers run python -m components.trainer)")
-    return parser.parse_known_args(argv)
+    return parser
 
 
 def main(argv=None) -> int:
@@ -129,218 +95,102 @@ def check_beam_args(beam_args) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.runners import create_runner
 
+    # Beam warns about each flag it does not know; the one error below says it better.
+    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)
     options = PipelineOptions(beam_args)
     runner = options.view_as(StandardOptions).runner
+    if runner and "dask" in str(runner).lower():  # by its short name or its class path
+        raise UserError(
+            f"The runner {runner} cannot run this pipeline: Beam's Dask runner never calls "
+            f"DoFn.setup or start_bundle and has no sources, sinks or metrics, so ExampleGen and "
+            f"TFDV would give wrong results without an error. Use --runner=DirectRunner on one "
+            f"machine, or PortableRunner, DataflowRunner, FlinkRunner or SparkRunner beyond it.")
     try:
         create_runner(runner or "DirectRunner")
     except ValueError as e:
         raise UserError(f"Apache Beam has no runner {runner!r} ({e}). Pass one it knows, for "
                         f"example --runner=DirectRunner or --runner=DataflowRunner.") from None
-    unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
-                     - set(options.get_all_options(retain_unknown_options=False)))
+    known = set(options.get_all_options(retain_unknown_options=False))
+    strays = set(options.get_all_options(retain_unknown_options=True)) - known
+    unknown = [flag for flag in (arg.split("=")[0] for arg in beam_args if arg.startswith("--"))
+               if flag[2:].replace("-", "_") in strays]  # named as typed
     if unknown:
-        flags = ", ".join("--" + name for name in unknown)
-        raise UserError(f"Unknown flag(s) {flags}: neither a pipeline flag nor an Apache Beam "
-                        f"option. See python -m pipeline.run --help for the pipeline's flags.")
+        candidates = [*_parser()._option_string_actions, *("--" + name for name in known)]
+        hints = [f"{flag} (did you mean {close[0]}?)" if (
+            close := difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)) else flag
+            for flag in unknown]
+        raise UserError(f"Unknown flag(s) {', '.join(hints)}: neither a pipeline flag nor an "
+                        f"Apache Beam option. See python -m pipeline.run --help for the "
+                        f"pipeline's flags.")
 
 
 def run(args, beam_args) -> None:
-    # Components are imported where first used: an input error surfaces before TensorFlow loads.
-    from pipeline.config import (SCHEMAS_DIR, EvaluationConfig, IngestConfig, TrainerConfig,
-                                 TunerConfig, load_json)
-
-    config = IngestConfig.load(args.ingest_config, max_bad_row_fraction=args.max_bad_rows)
-    # The built-in data brings its own epoch budget (schemas/default_data.json); flags win.
-    builtin_epochs = None if args.data or args.trainer_config else load_json(
-        "default_data.json")["epochs"]
-    trainer_config = TrainerConfig.load(args.trainer_config, epochs=args.epochs or builtin_epochs,
-                                        batch_size=args.batch_size)
-    gates = EvaluationConfig.load(config.classes, config.splits, args.evaluation_config)
-    if args.tune < 0:
-        raise UserError(f"--tune takes a number of trials, 0 or more (got {args.tune}).")
-    tuner_config = TunerConfig.load(args.tuner_config) if args.tune else None
-    validation = load_json("validation.json")
-    curated_schema = SCHEMAS_DIR / "schema.pbtxt"
+    settings = config.resolve(args)  # every config file and flag checked before any work
     root = Path(args.pipeline_root).resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"The pipeline root {root} cannot be a folder: a file of that name (or "
                         f"above it) is in the way. Pass another --pipeline-root.") from None
-    with _lock(root):
-        _run(args, beam_args, root, config, trainer_config, tuner_config, gates, validation,
-             curated_schema)
+    try:
+        with artifacts.lock(root / ".lock", wait=False):
+            Run(args, beam_args, settings, root).all()
+    except artifacts.Busy as holder:
+        raise UserError(f"Another run is using the pipeline root {root} ({holder}). Wait for it "
+                        f"to finish, or give this run its own --pipeline-root.") from None
 
 
-def _run(args, beam_args, root, config, trainer_config, tuner_config, gates, validation,
-         curated_schema):
-    from components import example_gen
-    from pipeline import metadata
+class Step(typing.NamedTuple):
+    """One step of the pipeline, as data. Its output is reused when a finished execution has the
+    same fingerprint: component, parameters, the outputs of `inputs` (and the `recorded` inputs
+    that carry a fingerprint), and the code."""
 
-    data = _newest_spans(args.data, args.spans) if args.data else str(_default_data(root))
-    steps = _Steps(root, metadata.Store(root))
-    interrupted = steps.store.abandon_interrupted()
-    if interrupted:
-        print(f"Metadata: execution(s) {', '.join(map(str, interrupted))} of an earlier run "
-              f"that was interrupted are now marked FAILED")
-
-    def done(component: str) -> bool:
-        return args.stop_after == component
-
-    files = metadata.file_fingerprints(data)
-
-    def ingest(out: str) -> dict:
-        """ExampleGen, checked to have read the input that was fingerprinted: one that changed
-        meanwhile is refused, even where the change broke the reading itself."""
-        try:
-            counts = example_gen.run(data, out, config, beam_args)
-        finally:
-            if metadata.file_fingerprints(data) != files:
-                raise UserError(
-                    f"The input {data} changed while it was being read (a file was written to, "
-                    f"replaced, added or removed), so these examples would match no one version "
-                    f"of it. Let whatever writes the data finish (write to a temporary name, then "
-                    f"rename it into place) and run again.") from None
-        return counts
-
-    examples = steps.run("ExampleGen", {"data": data, "config": dataclasses.asdict(config)},
-                         list(zip(steps.store.input_files(files), files.values())), ingest)
-    print(_summary(examples.result))
-    if done("ExampleGen"):
-        return
-
-    from components import example_validator, schema_gen, statistics_gen
-
-    schema = schema_gen.load_curated(curated_schema) if curated_schema.exists() else None
-    curated = curated_schema.read_text() if curated_schema.exists() else None
-    statistics = steps.run(
-        "StatisticsGen", {"exposure": validation["exposure"], "schema": curated}, [examples],
-        lambda out: statistics_gen.run(examples.folder, out, config.splits,
-                                       validation["exposure"], schema, beam_args))
-    print(f"StatisticsGen: statistics of {', '.join(statistics.result)}; to look at them open "
-          f"{statistics.folder}/Split-train/statistics.html")
-    if done("StatisticsGen"):
-        return
-
-    schema_step = steps.run("SchemaGen", {"schema": curated}, [statistics], lambda out: (
-        schema_gen.run(statistics.result["train"], out, curated_schema)))
-    schema_path, is_curated = schema_step.result
-    source = (f"the curated {curated_schema}" if is_curated
-              else "the schema TFDV inferred (no curated schemas/schema.pbtxt yet)")
-    print(f"SchemaGen: validating against {source}; inferred for review: "
-          f"{Path(schema_path).parent / 'inferred_schema.pbtxt'}")
-    if done("SchemaGen"):
-        return
-
-    previous = _previous_validated_statistics(root, validation["drift_split"],
-                                              statistics.result["train"])
-    findings = steps.run(
-        "ExampleValidator", {"policy": validation, "previous": previous},
-        [statistics, schema_step], lambda out: example_validator.run(
-            statistics.result, schema_path, out, validation, previous)).result
-    for f in findings:
-        print(f"  warning [{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}")
-    print(f"ExampleValidator: data passed ({len(findings)} warning(s); drift checked against "
-          f"{previous or 'nothing: no earlier validated run'})")
-    if done("ExampleValidator"):
-        return
-
-    from components import trainer
-    from pipeline import serving
-
-    inputs = [examples]
-    if tuner_config:
-        from components import tuner
-
-        tuned = steps.run(
-            "Tuner", {"trials": args.tune, "space": dataclasses.asdict(tuner_config),
-                      "config": dataclasses.asdict(trainer_config)}, [examples],
-            lambda out: tuner.run(examples.folder, out, trainer_config, config, tuner_config,
-                                  args.tune))
-        search = tuned.result
-        print(f"Tuner: {len(search['trials'])} trial(s); best eval accuracy "
-              f"{search['best_value']:.3f} with {search['best_hyperparameters']}")
-        trainer_config = tuner.apply(trainer_config, search["best_hyperparameters"])
-        inputs.append(tuned)
-    if done("Tuner"):
-        return
-
-    baseline = serving.latest(args.serving_dir, gates.model_name)
-    base_model = None if args.from_scratch else baseline
-    problem = base_model and trainer.base_model_problem(str(base_model), config)
-    if problem:  # the Evaluator, comparing with it, says more if it cannot be served either
-        print(f"Trainer: cannot start from the serving model {base_model} ({problem}); "
-              f"training from scratch")
-        base_model = None
-    # The base model is recorded in the lineage but is not part of the cache key: a model
-    # trained on the same examples with the same settings and code is reused whatever it
-    # started from, so an identical second run stays "nothing new".
-    trained = steps.run(
-        "Trainer", {"config": dataclasses.asdict(trainer_config),
-                    "distribution": args.distribution, "warm_start": not args.from_scratch},
-        inputs, lambda out: trainer.run(examples.folder, out, trainer_config, config,
-                                        args.distribution,
-                                        base_model=base_model and str(base_model)),
-        resumable=True, records=[steps.store.model(base_model, metadata.tree_fingerprint(
-            base_model))] if base_model else [])
-    summary = trained.result
-    best = summary["best_eval"]
-    print(f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
-          f"{best['val_accuracy']:.3f} at epoch {summary['best_epoch']}; SavedModel "
-          f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {trained.folder}/logs")
-    if done("Trainer"):
-        return
-
-    metadata_line = (f"Metadata: {root / 'metadata.sqlite'} (python -m pipeline.lineage "
-                     f"--pipeline-root {root} --serving-dir {args.serving_dir})")
-    if trained.cached and baseline and steps.store.pushed(str(baseline)) and (
-            metadata.tree_fingerprint(Path(summary["serving_model"]))
-            == metadata.tree_fingerprint(baseline)):
-        print(f"Nothing new: the data, parameters and code are those of an earlier run, whose "
-              f"model already serves as {baseline}.")
-        print(metadata_line)
-        return
-
-    from components import evaluator, pusher
-    from pipeline import report
-
-    evaluated = steps.run(
-        "Evaluator", {"gates": dataclasses.asdict(gates), "baseline": str(baseline),
-                      "baseline_content": metadata.tree_fingerprint(baseline)},
-        [trained, examples], lambda out: evaluator.run(
-            summary["serving_model"], examples.folder, out, gates, config.classes,
-            baseline and str(baseline), beam_args))
-    evaluation = evaluated.result
-    values = evaluation["metrics"]["candidate"]
-    print(f"Evaluator: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'} on "
-          f"{evaluation['examples']:,} {gates.split} examples: accuracy "
-          f"{values['accuracy']:.3f}, macro {values['macro_accuracy']:.3f}; compared with "
-          f"{baseline or 'no serving model'}")
-    for reason in evaluation["reasons"]:
-        print(f"  - {reason}")
-    if done("Evaluator"):
-        return
-
-    pushed = steps.run(
-        "Pusher", {"serving_dir": str(Path(args.serving_dir).resolve()),
-                   "model_name": gates.model_name}, [trained, evaluated],
-        lambda out: pusher.run(summary["serving_model"], args.serving_dir, gates.model_name,
-                               evaluation, out),
-        uri=lambda result: result.get("path", "")).result
-    page = report.write(root / "reports" / f"{Path(evaluated.folder).name}.html", evaluation,
-                        Path(trained.folder) / "history.csv",
-                        Path(statistics.folder) / "Split-train" / "statistics.html", pushed,
-                        summary)
-    if pushed["pushed"]:
-        print(f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}")
-    else:
-        print(f"Pusher: not pushed (not blessed); still serving {baseline or 'nothing yet'}; "
-              f"the model stays in {summary['serving_model']}")
-    print(f"Report: {page}")
-    print(metadata_line)
+    name: str
+    inputs: tuple[str, ...]                 # the earlier steps whose outputs it reads
+    body: typing.Callable                   # (run, output folder) -> result: the component
+    say: typing.Callable                    # (run, Output) -> what it prints
+    parameters: typing.Callable             # (run) -> dict: what else decides its output
+    when: typing.Callable = lambda run: True
+    resumable: bool = False                 # an unfinished execution is continued, not redone
+    effect: typing.Callable | None = None   # (result) -> where it acted outside the root: never
+    #                                         reused, always run
+    recorded: typing.Callable = lambda run: []  # (run) -> [(artifact id, fingerprint or None)]:
+    #                                         inputs that are no step's output (None: not in key)
+    then: typing.Callable = lambda run: None    # (run) -> a message that ends the run, or None
 
 
-class _Step(typing.NamedTuple):
+def steps() -> tuple[Step, ...]:
+    """The pipeline's DAG, in the order it runs."""
+    return (
+        Step("ExampleGen", (), _ingest, _summary, recorded=_data_files, parameters=lambda r: {
+            "data": r.data, "config": dataclasses.asdict(r.settings.ingest)}),
+        Step("StatisticsGen", ("ExampleGen",), _statistics, _say_statistics, parameters=lambda r: {
+            "exposure": r.settings.validation["exposure"], "schema": r.curated_schema_text}),
+        Step("SchemaGen", ("StatisticsGen",), _schema, _say_schema, parameters=lambda r: {
+            "schema": r.curated_schema_text}),
+        Step("ExampleValidator", ("StatisticsGen", "SchemaGen"), _validate, _say_validation,
+             parameters=lambda r: {"policy": r.settings.validation,
+                                   "previous": r.previous_statistics}),
+        Step("Tuner", ("ExampleGen",), _tune, _say_tuner, when=lambda r: r.settings.tune > 0,
+             parameters=lambda r: {"trials": r.settings.tune,
+                                   "space": dataclasses.asdict(r.settings.tuner),
+                                   "config": dataclasses.asdict(r.settings.trainer)}),
+        Step("Trainer", ("ExampleGen", "Tuner"), _train, _say_trainer, resumable=True,
+             recorded=_base_model, then=_nothing_new, parameters=lambda r: {
+                 "config": dataclasses.asdict(r.trainer_config),
+                 "distribution": r.args.distribution, "warm_start": not r.args.from_scratch}),
+        Step("Evaluator", ("Trainer", "ExampleGen"), _evaluate, _say_evaluation,
+             parameters=lambda r: {"gates": dataclasses.asdict(r.settings.evaluation),
+                                   "baseline": str(r.baseline),
+                                   "baseline_content": r.baseline_content}),
+        Step("Pusher", ("Trainer", "Evaluator"), _push, _say_push,
+             effect=lambda result: result.get("path", ""),
+             parameters=lambda r: {"serving_dir": str(Path(r.args.serving_dir).resolve()),
+                                   "model_name": r.settings.evaluation.model_name}),
+    )
+
+
+class Output(typing.NamedTuple):
     folder: str
     result: typing.Any
     artifact: int
@@ -348,79 +198,329 @@ class _Step(typing.NamedTuple):
     cached: bool
 
 
-class _Steps:
-    """Runs components as recorded, cached executions (pipeline.metadata)."""
+class Run:
+    """One run of the pipeline over a root: runs the steps as recorded, cached executions
+    (pipeline.metadata), and holds their outputs for the steps after them."""
 
-    def __init__(self, root: Path, store):
+    def __init__(self, args, beam_args, settings, root: Path):
         from pipeline import metadata
 
-        self.root, self.store, self.code = root, store, metadata.code_version()
+        self.args, self.beam_args, self.settings, self.root = args, beam_args, settings, root
+        self.store, self.code = metadata.Store(root), metadata.code_version()
+        self.outputs: dict[str, Output] = {}
 
-    def run(self, component: str, parameters: dict, inputs: list, body, resumable=False,
-            uri=None, records=()) -> _Step:
+    def all(self) -> None:
+        interrupted = self.store.abandon_interrupted()
+        if interrupted:
+            print(f"Metadata: execution(s) {', '.join(map(str, interrupted))} of an earlier run "
+                  f"that was interrupted are now marked FAILED")
+        for step in steps():
+            if step.when(self):
+                print(step.say(self, self.execute(step)))
+                ending = step.then(self)
+                if ending:
+                    print(ending)
+                    break
+            if step.name == self.args.stop_after:
+                break
+        print(f"Metadata: {self.root / 'metadata.sqlite'} (python -m pipeline.lineage "
+              f"--pipeline-root {self.root} --serving-dir {self.args.serving_dir})")
+
+    def folder(self, step: str) -> str:
+        return self.outputs[step].folder
+
+    def result(self, step: str):
+        return self.outputs[step].result
+
+    def execute(self, step: Step) -> Output:
         """Reuse a finished execution with the same fingerprint whose files are intact, or run
-        one into a fresh folder (or, if `resumable`, into the folder of an unfinished one) and mark
-        it complete only if it succeeds. An execution with effects outside the root (`uri` given)
-        always runs. `records`: artifact ids recorded as inputs of a new execution, outside the
-        fingerprint."""
+        one into a fresh folder (or, if resumable, the folder of an unfinished one), recorded
+        COMPLETE with its output only if it succeeds, and only then marked complete on disk."""
         from pipeline import metadata
 
-        upstream = [i for i in inputs if isinstance(i, _Step)]
-        inputs = [(i.artifact, i.fingerprint) if isinstance(i, _Step) else i for i in inputs]
-        print_ = metadata.fingerprint(component, parameters, [p for _, p in inputs], self.code)
-        for execution, folder, result, artifact in [] if uri else self.store.finished(
-                component, print_):
+        upstream = [self.outputs[name] for name in step.inputs if name in self.outputs]
+        inputs = [(o.artifact, o.fingerprint) for o in upstream] + step.recorded(self)
+        parameters = step.parameters(self)
+        print_ = metadata.fingerprint(step.name, parameters,
+                                      [p for _, p in inputs if p is not None], self.code)
+        for execution, folder, result, artifact in [] if step.effect else self.store.finished(
+                step.name, print_):
             if not self.store.intact(folder, artifact):
-                print(f"{component}: not reusing {folder}: its files changed after it finished "
+                print(f"{step.name}: not reusing {folder}: its files changed after it finished "
                       f"(damaged or edited); running it again")
                 self.store.retire(artifact, "its files changed after it finished")
                 continue
             self.store.associate(execution)
-            print(f"{component}: reusing {folder} (same inputs, parameters and code)")
-            return _Step(str(folder), result, artifact.id, print_, True)
-        folder = self.store.unfinished(component, print_) if resumable else None
+            print(f"{step.name}: reusing {folder} (same inputs, parameters and code)")
+            return self._keep(step, Output(str(folder), result, artifact.id, print_, True))
+        folder = self.store.unfinished(step.name, print_) if step.resumable else None
         if folder:
-            print(f"{component}: continuing the unfinished execution {folder}")
+            print(f"{step.name}: continuing the unfinished execution {folder}")
         else:
-            folder = _new_execution_dir(self.root, component)
-        execution = self.store.start(component, print_, parameters,
-                                     [a for a, _ in inputs] + list(records), folder, self.code)
+            folder = artifacts.new_execution_dir(self.root, step.name)
+        execution = self.store.start(step.name, print_, parameters, [a for a, _ in inputs],
+                                     folder, self.code)
         try:
-            result = json.loads(json.dumps(body(str(folder)), default=str))
+            result = json.loads(json.dumps(step.body(self, str(folder)), default=str))
         except BaseException as e:
             try:
                 self.store.fail(execution, f"{type(e).__name__}: {e}")
-                for step in upstream:  # a failure may come from damaged inputs: retire them now
-                    [artifact] = self.store.store.get_artifacts_by_id([step.artifact])
-                    if not self.store.intact(Path(step.folder), artifact):
+                for output in upstream:  # a failure may come from damaged inputs: retire them
+                    [artifact] = self.store.store.get_artifacts_by_id([output.artifact])
+                    if not self.store.intact(Path(output.folder), artifact):
                         self.store.retire(artifact, "its files changed after it finished")
             except Exception:  # a full disk refuses this record too; the next run marks it FAILED
                 pass
             raise
-        (folder / "_COMPLETE").touch()
-        artifact = self.store.finish(execution, component, uri(result) if uri else str(folder),
-                                     result, content=metadata.tree_fingerprint(folder))
-        return _Step(str(folder), result, artifact, print_, False)
+        artifact = self.store.finish(
+            execution, step.name, step.effect(result) if step.effect else str(folder), result,
+            content=metadata.tree_fingerprint(folder))
+        artifacts.mark_complete(folder)  # last: the folder counts once this is there
+        return self._keep(step, Output(str(folder), result, artifact, print_, False))
+
+    def _keep(self, step: Step, output: Output) -> Output:
+        self.outputs[step.name] = output
+        return output
+
+    # What the steps share, worked out once when first needed.
+
+    @functools.cached_property
+    def data(self) -> str | list[str]:
+        args = self.args
+        return _newest_spans(args.data, args.spans) if args.data else str(_default_data(self.root))
+
+    @functools.cached_property
+    def data_files(self) -> dict[str, str]:
+        from pipeline import metadata
+
+        return metadata.file_fingerprints(self.data)
+
+    @functools.cached_property
+    def curated_schema_text(self) -> str | None:
+        path = config.CURATED_SCHEMA
+        return path.read_text() if path.exists() else None
+
+    @functools.cached_property
+    def previous_statistics(self) -> str | None:
+        return _previous_validated_statistics(self.root, self.settings.validation["drift_split"],
+                                              self.result("StatisticsGen")["train"])
+
+    @property
+    def trainer_config(self):
+        """The trainer settings, with the Tuner's best values when it ran."""
+        if "Tuner" not in self.outputs:
+            return self.settings.trainer
+        return self.settings.trainer.tuned(self.result("Tuner")["best_hyperparameters"])
+
+    @functools.cached_property
+    def baseline(self) -> Path | None:
+        from pipeline import serving
+
+        return serving.latest(self.args.serving_dir, self.settings.evaluation.model_name)
+
+    @functools.cached_property
+    def baseline_content(self) -> str | None:
+        from pipeline import metadata
+
+        return metadata.tree_fingerprint(self.baseline)
+
+    @functools.cached_property
+    def base_model(self) -> Path | None:
+        """The serving model the Trainer starts from, unless --from-scratch or it cannot be
+        read (then the Evaluator, comparing with it, says more if it cannot be served either)."""
+        from components import trainer
+
+        if self.args.from_scratch or not self.baseline:
+            return None
+        problem = trainer.base_model_problem(str(self.baseline), self.settings.ingest)
+        if problem:
+            print(f"Trainer: cannot start from the serving model {self.baseline} ({problem}); "
+                  f"training from scratch")
+            return None
+        return self.baseline
 
 
-@contextlib.contextmanager
-def _lock(root: Path):
-    """One run at a time per pipeline root: a second one exits at once and says why."""
-    import fcntl
+# The steps' bodies (each calls its component) and what each prints.
 
-    with open(root / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise UserError(f"Another run is using the pipeline root {root} ({holder}). Wait "
-                            f"for it to finish, or give this run its own --pipeline-root."
-                            ) from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        f.flush()
-        yield
+def _ingest(run: Run, out: str) -> dict:
+    """ExampleGen, checked to have read the input that was fingerprinted: one that changed
+    meanwhile is refused, even where the change broke the reading itself."""
+    from components import example_gen
+    from pipeline import metadata
+
+    try:
+        counts = example_gen.run(run.data, out, run.settings.ingest, run.beam_args)
+    finally:
+        if metadata.file_fingerprints(run.data) != run.data_files:
+            raise UserError(
+                f"The input {run.data} changed while it was being read (a file was written to, "
+                f"replaced, added or removed), so these examples would match no one version of "
+                f"it. Let whatever writes the data finish (write to a temporary name, then "
+                f"rename it into place) and run again.") from None
+    return counts
+
+
+def _data_files(run: Run) -> list:
+    """The input files, by content: ExampleGen's inputs, in its fingerprint."""
+    return list(zip(run.store.input_files(run.data_files), run.data_files.values()))
+
+
+def _statistics(run: Run, out: str) -> dict:
+    from components import schema_gen, statistics_gen
+
+    return statistics_gen.run(
+        run.folder("ExampleGen"), out, run.settings.ingest.splits,
+        run.settings.validation["exposure"],
+        schema_gen.load_curated(config.CURATED_SCHEMA) if run.curated_schema_text else None,
+        run.beam_args)
+
+
+def _say_statistics(run: Run, output: Output) -> str:
+    return (f"StatisticsGen: statistics of {', '.join(output.result)}; to look at them open "
+            f"{artifacts.split_dir(output.folder, 'train')}/statistics.html")
+
+
+def _schema(run: Run, out: str):
+    from components import schema_gen
+
+    return schema_gen.run(run.result("StatisticsGen")["train"], out, config.CURATED_SCHEMA)
+
+
+def _say_schema(run: Run, output: Output) -> str:
+    schema_path, is_curated = output.result
+    source = (f"the curated {config.CURATED_SCHEMA}" if is_curated
+              else "the schema TFDV inferred (no curated schemas/schema.pbtxt yet)")
+    return (f"SchemaGen: validating against {source}; inferred for review: "
+            f"{Path(schema_path).parent / 'inferred_schema.pbtxt'}")
+
+
+def _validate(run: Run, out: str) -> list:
+    from components import example_validator
+
+    return example_validator.run(run.result("StatisticsGen"), run.result("SchemaGen")[0], out,
+                                 run.settings.validation, run.previous_statistics)
+
+
+def _say_validation(run: Run, output: Output) -> str:
+    lines = [f"  warning [{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}"
+             for f in output.result]
+    return "\n".join([*lines, (
+        f"ExampleValidator: data passed ({len(output.result)} warning(s); drift checked "
+        f"against {run.previous_statistics or 'nothing: no earlier validated run'})")])
+
+
+def _tune(run: Run, out: str) -> dict:
+    from components import tuner
+
+    return tuner.run(run.folder("ExampleGen"), out, run.settings.trainer, run.settings.ingest,
+                     run.settings.tuner, run.settings.tune)
+
+
+def _say_tuner(run: Run, output: Output) -> str:
+    search = output.result
+    return (f"Tuner: {len(search['trials'])} trial(s); best eval accuracy "
+            f"{search['best_value']:.3f} with {search['best_hyperparameters']}")
+
+
+def _base_model(run: Run) -> list:
+    """The model the Trainer starts from, recorded as its input for the lineage but outside the
+    fingerprint: a model trained on the same examples with the same settings and code is reused
+    whatever it started from, so an identical second run stays "nothing new"."""
+    from pipeline import metadata
+
+    model = run.base_model
+    return [(run.store.model(model, metadata.tree_fingerprint(model)), None)] if model else []
+
+
+def _train(run: Run, out: str) -> dict:
+    from components import trainer
+
+    if run.args.distribution == "multi_worker":
+        print(f"Trainer: each other worker runs {_worker_command(run)}", flush=True)
+    return trainer.run(run.folder("ExampleGen"), out, run.trainer_config, run.settings.ingest,
+                       run.args.distribution, base_model=run.base_model and str(run.base_model))
+
+
+def _worker_command(run: Run) -> str:
+    """The command that makes a machine of the cluster (TF_CONFIG) train beside this chief, with
+    exactly its settings: the same configuration flags, base model and tuned values."""
+    args = run.args
+    command = ["python -m components.trainer", f"--examples {run.folder('ExampleGen')}",
+               "--distribution multi_worker"]
+    if run.base_model:
+        command.append(f"--base-model {run.base_model}")
+    if "Tuner" in run.outputs:
+        command.append(f"--hyperparameters {run.folder('Tuner')}/best_hyperparameters.json")
+    for flag in ("data", "ingest_config", "max_bad_rows", "trainer_config", "epochs",
+                 "batch_size"):
+        value = getattr(args, flag)
+        if value is not None:
+            command.append(f"--{flag.replace('_', '-')} {value}")
+    return " ".join(command)
+
+
+def _say_trainer(run: Run, output: Output) -> str:
+    summary, best = output.result, output.result["best_eval"]
+    return (f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
+            f"{best['val_accuracy']:.3f} at epoch {summary['best_epoch']}; SavedModel "
+            f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {output.folder}/logs")
+
+
+def _nothing_new(run: Run) -> str | None:
+    from pipeline import metadata
+
+    trained = run.outputs["Trainer"]
+    if trained.cached and run.baseline and run.store.pushed(str(run.baseline)) and (
+            metadata.tree_fingerprint(Path(trained.result["serving_model"]))
+            == run.baseline_content):
+        return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
+                f"model already serves as {run.baseline}.")
+    return None
+
+
+def _evaluate(run: Run, out: str) -> dict:
+    from components import evaluator
+
+    return evaluator.run(run.result("Trainer")["serving_model"], run.folder("ExampleGen"), out,
+                         run.settings.evaluation, run.settings.ingest.classes,
+                         run.baseline and str(run.baseline), run.beam_args)
+
+
+def _say_evaluation(run: Run, output: Output) -> str:
+    evaluation = output.result
+    values = evaluation["metrics"]["candidate"]
+    return "\n".join([
+        f"Evaluator: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'} on "
+        f"{evaluation['examples']:,} {run.settings.evaluation.split} examples: accuracy "
+        f"{values['accuracy']:.3f}, macro {values['macro_accuracy']:.3f}; compared with "
+        f"{run.baseline or 'no serving model'}",
+        *(f"  - {reason}" for reason in evaluation["reasons"])])
+
+
+def _push(run: Run, out: str) -> dict:
+    from components import pusher
+
+    return pusher.run(run.result("Trainer")["serving_model"], run.args.serving_dir,
+                      run.settings.evaluation.model_name, run.result("Evaluator"), out)
+
+
+def _say_push(run: Run, output: Output) -> str:
+    """The push, and the run report (written now: it shows the push)."""
+    from pipeline import report
+
+    pushed, trained = output.result, run.outputs["Trainer"]
+    page = report.write(
+        run.root / "reports" / f"{Path(run.folder('Evaluator')).name}.html",
+        run.result("Evaluator"), Path(trained.folder) / "history.csv",
+        Path(artifacts.split_dir(run.folder("StatisticsGen"), "train"), "statistics.html"),
+        pushed, trained.result)
+    if pushed["pushed"]:
+        line = f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
+    else:
+        line = (f"Pusher: not pushed (not blessed); still serving "
+                f"{run.baseline or 'nothing yet'}; the model stays in "
+                f"{trained.result['serving_model']}")
+    return f"{line}\nReport: {page}"
 
 
 def _previous_validated_statistics(root: Path, split: str, now: str) -> str | None:
@@ -430,7 +530,7 @@ def _previous_validated_statistics(root: Path, split: str, now: str) -> str | No
                   key=lambda p: int(p.name), reverse=True)
     for run_dir in runs:
         report = run_dir / "anomalies.json"
-        if (run_dir / "_COMPLETE").exists() and report.exists():
+        if artifacts.is_complete(run_dir) and report.exists():
             path = json.loads(report.read_text())["statistics"].get(split)
             if path and Path(path).exists() and path != now:
                 return path
@@ -469,21 +569,8 @@ def _default_data(root: Path) -> Path:
     return path
 
 
-def _new_execution_dir(root: Path, component: str) -> Path:
-    """A fresh <root>/<component>/<n>: numbered executions are never rewritten."""
-    parent = root / component
-    parent.mkdir(parents=True, exist_ok=True)
-    n = max((int(p.name) for p in parent.iterdir() if p.name.isdigit()), default=0)
-    while True:
-        n += 1
-        try:
-            (parent / str(n)).mkdir()
-            return parent / str(n)
-        except FileExistsError:
-            continue
-
-
-def _summary(counts: dict) -> str:
+def _summary(run: Run, output: Output) -> str:
+    counts = output.result
     written = counts["written"]
     parts = " | ".join(f"{s} {n:,}" for s, n in written.items())
     total = sum(written.values())
@@ -496,6 +583,8 @@ def _summary(counts: dict) -> str:
     lines += [f"  quarantined {n:,} x {r}" for r, n in counts["quarantine_reasons"].items()]
     return "\n".join(lines)
 
+
+COMPONENTS = tuple(step.name for step in steps())
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,10 @@
-"""Run pipeline.run with one fault injected at a chosen point of the real code.
+"""Run pipeline.run (or another entry with a main(argv)) with one fault injected at a chosen
+point of the real code.
 
-    python -m tests.inject MODULE:ATTRIBUTE[@N] ACTION -- PIPELINE ARGS...
+    python -m tests.inject MODULE:ATTRIBUTE[@N] ACTION [ENTRY_MODULE] -- ARGS...
 
 Just before the N-th call (default: the first) of MODULE.ATTRIBUTE (a function, or a method as
-Class.method) this process does ACTION, then the call goes on:
+Class.method; several as A|B|C, counted together) this process does ACTION, then the call goes on:
     kill            SIGKILL to itself (kill -9: no clean-up runs)
     term            SIGTERM to itself (what a scheduler sends to stop a job)
     delete=PATH     remove the file
@@ -38,26 +39,28 @@ def act(action: str) -> None:
 
 def inject(point: str, action: str) -> None:
     where, _, nth = point.partition("@")
-    module_name, _, attribute = where.partition(":")
-    owner = importlib.import_module(module_name)
-    *path, name = attribute.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    original, calls = getattr(owner, name), [0]
+    module_name, _, attributes = where.partition(":")
+    calls = [0]
+    for attribute in attributes.split("|"):
+        owner = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, name, _counted(getattr(owner, name), calls, int(nth or 1), action))
 
+
+def _counted(original, calls, nth, action):
     def wrapper(*args, **kwargs):
         calls[0] += 1
-        if calls[0] == int(nth or 1):
+        if calls[0] == nth:
             act(action)
         return original(*args, **kwargs)
-
-    setattr(owner, name, wrapper)
+    return wrapper
 
 
 if __name__ == "__main__":
-    point, action, separator, *args = sys.argv[1:]
-    assert separator == "--", __doc__
+    separator = sys.argv.index("--")
+    point, action, *entry = sys.argv[1:separator]
     inject(point, action)
-    from pipeline import run
-
-    sys.exit(run.main(args))
+    sys.exit(importlib.import_module(entry[0] if entry else "pipeline.run").main(
+        sys.argv[separator + 1:]))

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipeline.config import IngestConfig
+
+pytestmark = pytest.mark.slow  # 100 MB of input
 
 TARGET_BYTES = 100_000_000
 USAGE = {"Training": "train", "PublicTest": "eval", "PrivateTest": "test"}

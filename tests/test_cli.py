@@ -54,6 +54,11 @@ def test_beam_flags_reach_beam_and_typos_are_refused(tmp_path):
     bad_runner = run_cli(*common, "--runner=NoSuchRunner", cwd=tmp_path)
     assert bad_runner.returncode == 2 and "Traceback" not in bad_runner.stderr
     assert "NoSuchRunner" in bad_runner.stderr
+    for dask in ("--runner=DaskRunner", "--runner=apache_beam.runners.dask.dask_runner.DaskRunner"):
+        refused = run_cli(*common, dask, cwd=tmp_path)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "cannot run this pipeline" in " ".join(refused.stderr.split())
     typo = run_cli(*common, "--pipline-root=x", cwd=tmp_path)
-    assert typo.returncode == 2 and "--pipline_root" in typo.stderr
+    assert typo.returncode == 2 and "WARNING" not in typo.stderr
+    assert "--pipline-root (did you mean --pipeline-root?)" in " ".join(typo.stderr.split())
     assert not (tmp_path / "root").exists()  # both refused before any work

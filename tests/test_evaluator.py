@@ -176,14 +176,20 @@ def test_pusher_reports_an_unwritable_serving_directory(tmp_path):
     ({"split": "holdout"}, "split 'holdout' is not one of the splits"),
     ({"model_name": "../evil"}, "model_name '../evil' must be"),
 ])
-def test_a_gating_config_that_cannot_work_is_refused_before_anything_runs(tmp_path, change,
-                                                                          complaint):
+def test_a_gating_config_that_cannot_work_is_refused(tmp_path, change, complaint):
     raw = json.loads((SCHEMAS_DIR / "evaluation.json").read_text())
     path = tmp_path / "gates.json"
     path.write_text(json.dumps({**raw, **change}))
     with pytest.raises(UserError) as caught:
         EvaluationConfig.load(CLASSES, SPLITS, path)
     assert complaint in str(caught.value)
+
+
+def test_a_bad_gating_config_stops_the_command_line_before_any_work(tmp_path):
+    raw = json.loads((SCHEMAS_DIR / "evaluation.json").read_text())
+    path = tmp_path / "gates.json"
+    path.write_text(json.dumps({**raw, "floors": {"auc": 0.5}}))
+    complaint = f"Gating config {path} is wrong: floors names the metric 'auc'"
     result = subprocess.run([sys.executable, "-m", "pipeline.run", "--evaluation-config",
                              str(path), "--pipeline-root", str(tmp_path / "root")],
                             capture_output=True, text=True, timeout=120)
@@ -245,6 +251,7 @@ def test_report_shows_blessing_reasons_and_plots(tmp_path):
     assert (tmp_path / "stats.html").as_uri() in text
 
 
+@pytest.mark.slow  # whole runs
 def test_the_command_line_pushes_a_blessed_model_and_keeps_it_when_gates_rise(tmp_path):
     data = default_data.write_csv(tmp_path / "faces.csv", rows=900, seed=11)
     lenient = tmp_path / "lenient.json"

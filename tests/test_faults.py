@@ -16,6 +16,8 @@ import pytest
 from tests import consistency
 from tests.helpers import run_inputs
 
+pytestmark = pytest.mark.slow  # whole runs, killed and run again
+
 REPO = Path(__file__).resolve().parent.parent
 # (component, where the kill happens): each point is inside the component's own work.
 KILL_POINTS = [
@@ -25,8 +27,9 @@ KILL_POINTS = [
     ("ExampleValidator", "components.example_validator:_findings"),
     ("Trainer", "components.trainer:_export"),  # trained, not exported
     ("Evaluator", "components.evaluator:_metrics"),  # TFMA done, blessing not written
-    ("Pusher", "components.pusher:_flush"),  # model copied, not renamed into place
-    ("Pusher", "components.pusher:_flush@2"),  # renamed into place, push not yet recorded
+    ("Pusher", "pipeline.artifacts:publish"),  # model copied, not renamed into place
+    # Renamed into place, push not yet recorded (the Evaluator finished in the run before).
+    ("Pusher", "pipeline.metadata:Store.finish"),
 ]
 
 
@@ -74,7 +77,7 @@ def refused(result, code, *words):
 
 def consistent(base, root, running=(), versions=(), partial_pushes=0):
     state = consistency.check(base / root, base / f"{root}-serving")
-    assert state["problems"] == [], state
+    assert state["problems"] == [] and state["unmarked"] == [], state
     assert state["running"] == list(running), state
     assert state["versions"] == list(versions), state
     assert len(state["partial_pushes"]) == partial_pushes, state
@@ -94,7 +97,7 @@ def test_kill_9_inside_each_component_then_the_rerun_finishes(setup, tmp_path):
         # Redone: what the previous run was killed in. Reused: everything before that.
         for earlier in [c for c, _ in KILL_POINTS[:max(i - 1, 0)] if c != component]:
             assert f"{earlier}: reusing" in killed.stdout, (earlier, killed.stdout[-2000:])
-        renamed = point == "components.pusher:_flush@2"
+        renamed = point == "pipeline.metadata:Store.finish"
         consistent(base, "chain", running=[component], versions=[1] if renamed else [],
                    partial_pushes=int(component == "Pusher" and not renamed))
         newest = max((base / "chain" / component).iterdir(), key=lambda p: int(p.name))
@@ -114,6 +117,43 @@ def test_kill_9_inside_each_component_then_the_rerun_finishes(setup, tmp_path):
     assert all(p.name.startswith("__autograph_generated_file") or (
         p.name.startswith("beam-pipeline-temp") and not any(p.iterdir()))
         for p in scratch.iterdir())
+
+
+# Every call that writes to ML Metadata; a kill just before the N-th falls between two writes.
+METADATA_WRITES = "ml_metadata.metadata_store:" + "|".join(
+    f"MetadataStore.{m}" for m in ("put_artifacts", "put_executions", "put_events",
+                                   "put_execution", "put_attributions_and_associations"))
+
+
+def test_kill_9_between_any_two_metadata_writes_then_the_rerun_finishes(setup):
+    """A kill before each metadata write of a run, in turn: the store is never left with a
+    COMPLETE execution that lacks its output, and every re-run finishes."""
+    base, data, gates = setup
+    args = pipeline_args(base, data, gates, "writes", "--stop-after", "ExampleGen")
+    for nth in range(1, 20):
+        killed = run(args, inject=(f"{METADATA_WRITES}@{nth}", "kill"))
+        if killed.returncode == 0:  # fewer writes than nth: every window was tried
+            break
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        assert consistency.check(base / "writes", base / "writes-serving")["problems"] == []
+        assert "ExampleGen: " in ok(run(args))
+        consistent(base, "writes")
+        shutil.rmtree(base / "writes")
+    assert nth > 3, "the run made fewer metadata writes than expected"
+
+
+def test_a_kill_after_the_record_before_the_marker_is_repaired_by_the_next_run(setup):
+    """The folder's marker is written last; a run that died just before it leaves a recorded,
+    unmarked output, which the next run checks, marks and reuses."""
+    base, data, gates = setup
+    args = pipeline_args(base, data, gates, "marker", "--stop-after", "ExampleGen")
+    killed = run(args, inject=("pipeline.artifacts:mark_complete", "kill"))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    state = consistency.check(base / "marker", base / "marker-serving")
+    folder = base / "marker" / "ExampleGen" / "1"
+    assert state["problems"] == [] and state["unmarked"] == [str(folder)], state
+    assert f"ExampleGen: reusing {folder}" in ok(run(args))
+    consistent(base, "marker")
 
 
 def test_a_scheduler_stop_ends_the_run_at_once_and_training_resumes(setup):
@@ -284,7 +324,8 @@ def test_a_full_disk_stops_the_run_clearly_and_the_rerun_resumes(setup, tmp_path
     assert code == 0, (out[-2000:], err[-3000:])
     assert "ExampleGen: reusing" in out and "Trainer: continuing the unfinished execution" in out
     assert "now serving version 1" in out
-    assert state == {"problems": [], "running": [], "partial_pushes": [], "versions": [1]}
+    assert state == {"problems": [], "running": [], "unmarked": [], "partial_pushes": [],
+                     "versions": [1]}
 
 
 @namespaced
@@ -311,7 +352,9 @@ def test_a_read_only_or_full_serving_directory_is_never_harmed(setup, tmp_path):
         assert code == 2 and "Traceback" not in err, (name, out[-2000:], err[-3000:])
         assert "Could not push the model" in err and words in err, err
         assert "versions already there are untouched" in err
-        assert state == {"problems": [], "running": [], "partial_pushes": [], "versions": [1]}
+        assert state == {"problems": [], "running": [], "unmarked": [], "partial_pushes": [],
+                     "versions": [1]}
     code, out, err, state = step.outcome("rerun")
     assert code == 0 and "Evaluator: reusing" in out and "now serving version 2" in out, err
-    assert state == {"problems": [], "running": [], "partial_pushes": [], "versions": [1, 2]}
+    assert state == {"problems": [], "running": [], "unmarked": [], "partial_pushes": [],
+                     "versions": [1, 2]}

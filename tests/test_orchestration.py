@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +14,8 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd
 from pipeline import metadata, serving
 from tests.helpers import run_inputs
 
+pytestmark = pytest.mark.slow  # whole runs
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -22,10 +23,14 @@ def setup(tmp_path_factory):
     return (base, *run_inputs(base))
 
 
-def command(base, data, gates, root="root", *extra):
-    return [sys.executable, "-m", "pipeline.run", "--data", str(data), "--pipeline-root",
-            str(base / root), "--serving-dir", str(base / "serving"), "--evaluation-config",
-            str(gates), "--batch-size", "32", *extra]
+def command(base, data, gates, root="root", *extra, serving="serving", entry=None):
+    """pipeline.run with pipeline root base/<root>; entry: tests.inject's arguments, to run it
+    with a fault injected."""
+    start = [sys.executable, "-m", "tests.inject", *entry, "--"] if entry else [
+        sys.executable, "-m", "pipeline.run"]
+    return start + ["--data", str(data), "--pipeline-root", str(base / root), "--serving-dir",
+                    str(base / serving), "--evaluation-config", str(gates), "--batch-size", "32",
+                    *extra]
 
 
 def run(*args):
@@ -92,21 +97,14 @@ def test_a_second_run_on_a_busy_root_exits_with_a_clear_message(setup, first):
 
 def test_a_run_killed_during_training_continues_where_it_stopped(setup):
     base, data, gates = setup
-    args = command(base, data, gates, "killed", "--epochs", "4")
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = base / "killed" / "Trainer" / "1" / "history.csv"
-    deadline = time.time() + 400
-    while time.time() < deadline and process.poll() is None:
-        # Two epochs logged: the backup of the first is on disk (it is taken before the second).
-        if history.exists() and len(history.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    args = ("killed", "--epochs", "4")
+    # Killed as the second epoch is logged: the first one's backup is on disk.
+    killed = subprocess.run(command(base, data, gates, *args, serving="killed-serving", entry=(
+        "tf_keras.callbacks:CSVLogger.on_epoch_end@2", "kill")), capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (base / "killed" / "Trainer" / "1" / "_COMPLETE").exists()
 
-    resumed = run(*args)
+    resumed = run(*command(base, data, gates, *args, serving="killed-serving"))
     assert "ExampleGen: reusing" in resumed and "ExampleValidator: reusing" in resumed
     assert f"Trainer: continuing the unfinished execution {base / 'killed' / 'Trainer' / '1'}" \
         in resumed

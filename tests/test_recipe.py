@@ -51,12 +51,19 @@ def test_batch_norm_statistics_are_those_of_the_training_images():
     np.testing.assert_allclose(first_bn.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)),
                                rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(first_bn.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)),
-                               rtol=1e-3, atol=1e-6)
+                               rtol=5e-3, atol=1e-6)  # float32 sums over 128 x 48 x 48 values
     assert not np.allclose(before, first_bn.moving_mean.numpy())
 
 
-def test_training_records_the_batch_norm_gap_and_the_schedule(examples, tmp_path):
-    summary = trainer.run(examples, str(tmp_path / "t"), tiny(), IngestConfig.load())
+@pytest.fixture(scope="module")
+def trained(examples, tmp_path_factory):
+    """(summary, folder) of a 2-epoch training from scratch."""
+    out = tmp_path_factory.mktemp("trained")
+    return trainer.run(examples, str(out), tiny(), IngestConfig.load()), out
+
+
+def test_training_records_the_batch_norm_gap_and_the_schedule(trained):
+    summary, out = trained
     gap = summary["batch_norm_gap"]
     assert set(gap) == {"inference_mode", "training_mode", "gap"}
     assert gap["gap"] == pytest.approx(gap["training_mode"] - gap["inference_mode"], abs=1e-4)
@@ -65,17 +72,17 @@ def test_training_records_the_batch_norm_gap_and_the_schedule(examples, tmp_path
     assert summary["learning_rate"] == {"peak": TrainerConfig.load().learning_rate,
                                         "warmup_steps": steps, "total_steps": 2 * steps}
     assert summary["warm_start"] is None
-    history = (tmp_path / "t" / "history.csv").read_text().splitlines()
+    history = (out / "history.csv").read_text().splitlines()
     assert trainer.BATCH_STATS_ACCURACY in history[0] and "lr" in history[0]
 
 
-def test_warm_start_begins_from_the_base_models_weights(examples, tmp_path):
+def test_warm_start_begins_from_the_base_models_weights(examples, trained, tmp_path):
     ingest = IngestConfig.load()
-    base = trainer.run(examples, str(tmp_path / "base"), tiny(epochs=1), ingest)
+    base, base_dir = trained
     cnn = build_cnn(48, 7)
     record = trainer._warm_start(cnn, base["serving_model"])
     assert record == {"base_model": base["serving_model"]}
-    exported = keras.models.load_model(str(tmp_path / "base" / "model.keras"))
+    exported = keras.models.load_model(str(base_dir / "model.keras"))
     for mine, theirs in zip(cnn.weights, exported.weights):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
 
@@ -105,7 +112,7 @@ def test_tuner_runs_its_trials_and_the_trainer_takes_the_best(examples, tmp_path
     assert result["best_value"] == max(t["val_accuracy"] for t in result["trials"])
     assert json.loads((tmp_path / "best_hyperparameters.json").read_text()) == best
     assert not list(tmp_path.glob("trial-*"))  # trial models are not kept
-    config = tuner.apply(tiny(), best)
+    config = tiny().tuned(best)
     assert config.learning_rate == best["learning_rate"]
     assert config.augmentation["shift"] == best["augmentation.shift"]
     assert config.augmentation["zoom"] == tiny().augmentation["zoom"]  # the rest kept

@@ -4,6 +4,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from pipeline import default_data, serving
 from pipeline.config import SCHEMAS_DIR
 
@@ -16,6 +18,7 @@ def readme_line(marker: str) -> str:
     return re.search(rf"<!-- {marker} -->\n    (.+)\n", text).group(1)
 
 
+@pytest.mark.slow  # whole runs
 def test_the_crontab_line_and_the_systemd_unit_retrain_on_the_newest_span(tmp_path):
     drops = tmp_path / "drops"
     default_data.write_csv(drops / "span-20261101" / "part-0.csv", rows=300, seed=1)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -59,14 +58,12 @@ def test_architecture_is_the_seed_design_layer_by_layer():
             seen.append((kind, c["rate"]))
         elif kind == "MaxPooling2D":
             seen.append((kind, tuple(c["pool_size"])))
-        elif kind == "Rescaling":
-            seen.append((kind, c["scale"], c["offset"]))
         else:
             seen.append((kind,))
     conv = lambda f, k: ("Conv2D", f, (k, k), "same", "relu")  # noqa: E731
     block = [("BatchNormalization",), ("MaxPooling2D", (2, 2))]
     assert seen == [
-        ("Rescaling", 1 / 255, 0.0),
+        ("StandardizeImage",),
         conv(32, 3), conv(64, 3), *block, ("Dropout", 0.025),
         conv(128, 5), *block, ("Dropout", 0.25),
         conv(512, 3), *block, ("Dropout", 0.25),
@@ -164,6 +161,7 @@ print(json.dumps({{k: {{o: (v.numpy().astype(str) if o == "class_name" else v.nu
                                probabilities, atol=1e-5)
 
 
+@pytest.mark.slow  # two trainings
 def test_same_seed_gives_the_same_training(examples, tmp_path):
     config = fast_config(epochs=1, deterministic=True)
     runs = [trainer.run(examples, str(tmp_path / str(i)), config, IngestConfig.load())
@@ -173,18 +171,16 @@ def test_same_seed_gives_the_same_training(examples, tmp_path):
     assert runs[0]["best_eval"] == runs[1]["best_eval"]
 
 
+@pytest.mark.slow  # three processes
 def test_a_run_killed_mid_training_resumes_from_its_last_epoch(examples, tmp_path):
     out = tmp_path / "trainer"
     command = trainer_command(examples, out, "--epochs", "6")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if (out / "history.csv").exists() and len(history(out)) >= 2:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "training ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # Killed as the third epoch is logged: the first two are backed up.
+    killed = subprocess.run([sys.executable, "-m", "tests.inject",
+                             "tf_keras.callbacks:CSVLogger.on_epoch_end@3", "kill",
+                             "components.trainer", "--", *command[3:]],
+                            capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (out / "serving_model").exists()
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -205,6 +201,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two worker processes
 def test_multi_worker_mirrored_trains_with_two_workers_on_loopback(examples, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     workers = []
@@ -228,6 +225,7 @@ def test_multi_worker_mirrored_trains_with_two_workers_on_loopback(examples, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chief"]  # the worker wrote nothing here
 
 
+@pytest.mark.slow  # a process of its own
 def test_mirrored_strategy_splits_batches_over_two_devices(examples, tmp_path):
     script = f"""
 import json, tensorflow as tf

@@ -81,6 +81,7 @@ def stop_findings(error) -> str:
     return str(error.value)
 
 
+@pytest.mark.slow  # one more validation
 def test_label_out_of_domain_stops_the_run(tmp_path):
     rows = clean()
     rows["train"][3] = (9, rows["train"][3][1])
@@ -89,6 +90,7 @@ def test_label_out_of_domain_stops_the_run(tmp_path):
     assert "[schema] train, feature 'emotion'" in stop_findings(caught)
 
 
+@pytest.mark.slow  # two more validations
 @pytest.mark.parametrize("bad_pixels", [np.full(2303, 100), np.full(2304, 300)],
                          ids=["2303 values", "value 300"])
 def test_pixel_count_and_range_are_enforced_by_the_schema(tmp_path, bad_pixels):
@@ -99,6 +101,7 @@ def test_pixel_count_and_range_are_enforced_by_the_schema(tmp_path, bad_pixels):
     assert "[schema] test, feature 'pixels'" in stop_findings(caught)
 
 
+@pytest.mark.slow  # one more validation
 def test_a_dataset_of_black_images_stops_the_run(tmp_path):
     rows = {split: faces(280, k, black=60) for k, split in enumerate(SPLITS)}
     with pytest.raises(example_validator.DataValidationError) as caught:
@@ -107,6 +110,7 @@ def test_a_dataset_of_black_images_stops_the_run(tmp_path):
     assert "feature 'exposure'" in message and "dark" in message
 
 
+@pytest.mark.slow  # one more validation
 def test_a_few_blank_images_are_tolerated(tmp_path):
     """FER2013 itself holds a few blank faces: under 1% of a split passes."""
     rows = {split: faces(280, k, black=2 if split == "train" else 0)
@@ -132,6 +136,7 @@ def test_label_skew_between_train_and_eval_stops_the_run(tmp_path):
     assert "missing_class" not in message  # every class is there, only the shares moved
 
 
+@pytest.mark.slow  # one more validation
 def test_skew_can_be_set_to_warn(tmp_path):
     rows = clean()
     rows["eval"] = faces(280, 9, labels=[3, 3, 3, 0, 1, 2, 4, 5, 6])
