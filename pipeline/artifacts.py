@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import glob
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def mark_complete(folder: str | Path) -> None:
-    (Path(folder) / MARKER).touch()
+    """Write the marker once the folder's data is on disk, so it is also last there."""
     flush(Path(folder))
+    (Path(folder) / MARKER).touch()
+    flush(Path(folder), recursive=False)
 
 
 def staging_path(final: Path) -> Path:
@@ -67,8 +70,6 @@ def publish(staged: Path, final: Path) -> None:
     name is replaced; a caller that must never replace one chooses a free name first."""
     flush(staged)
     if final.is_dir() and staged.is_dir():
-        import shutil
-
         shutil.rmtree(final)
     os.replace(staged, final)
     flush(final.parent, recursive=False)

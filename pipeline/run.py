@@ -426,10 +426,8 @@ def _base_model(run: Run) -> list:
     """The model the Trainer starts from, recorded as its input for the lineage but outside the
     fingerprint: a model trained on the same examples with the same settings and code is reused
     whatever it started from, so an identical second run stays "nothing new"."""
-    from pipeline import metadata
-
-    model = run.base_model
-    return [(run.store.model(model, metadata.tree_fingerprint(model)), None)] if model else []
+    model = run.base_model  # the serving model, whose content is hashed once (baseline_content)
+    return [(run.store.model(model, run.baseline_content), None)] if model else []
 
 
 def _train(run: Run, out: str) -> dict:

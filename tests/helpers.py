@@ -1,6 +1,7 @@
 """Tiny FER CSVs written on the fly: every test builds exactly the data it needs."""
 import gzip
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,10 @@ def example_gen_output(root: Path, rows: int, seed: int) -> str:
     data = default_data.write_csv(root / "faces.csv", rows=rows, seed=seed)
     example_gen.run(str(data), str(root / "out"), IngestConfig.load(), [])
     return str(root / "out")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

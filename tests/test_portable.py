@@ -15,17 +15,11 @@ import tensorflow_data_validation as tfdv
 
 from pipeline import artifacts
 from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE
-from tests.helpers import run_inputs
+from tests.helpers import free_port, run_inputs
 
 pytestmark = pytest.mark.slow  # two whole runs and two services
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -39,7 +33,7 @@ def services(tmp_path_factory):
     """(job service port, worker pool port): started, health-checked, stopped at the end."""
     env = {**os.environ, "PYTHONPATH": str(REPO),  # the workers unpickle the pipeline's DoFns
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    ports, started = {"job": _free_port(), "pool": _free_port()}, []
+    ports, started = {"job": free_port(), "pool": free_port()}, []
     logs = tmp_path_factory.mktemp("services")
     try:
         for kind, port in ports.items():

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from components import trainer
 from components.model import build_cnn
 from pipeline.config import SCHEMAS_DIR, IngestConfig, TrainerConfig
 from pipeline.errors import UserError
-from tests.helpers import example_gen_output
+from tests.helpers import example_gen_output, free_port
 
 # A few steps of everything: two cores, minutes for the whole file.
 FAST = {"epochs": 2, "batch_size": 16}
@@ -195,15 +194,9 @@ def test_a_run_killed_mid_training_resumes_from_its_last_epoch(examples, tmp_pat
     assert tf.saved_model.load(str(out / "serving_model")).signatures["serve_images"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two worker processes
 def test_multi_worker_mirrored_trains_with_two_workers_on_loopback(examples, tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps(
