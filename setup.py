@@ -21,6 +21,8 @@ PINS = [
     "pandas==1.5.3",
     "matplotlib==3.11.2",
     "optuna==4.5.0",  # the Tuner (--tune)
+    # Face detection for pipeline.predict: the cascades' weights ship inside the wheel.
+    "opencv-python-headless==4.10.0.84",
 ]
 
 setup(

@@ -21,6 +21,7 @@ mode batch-norm, and the Evaluator's blessing with the shipped gates (schemas/ev
 
     python bench/quality.py                              # digits-1264, faces-4000; 3 seeds
     python bench/quality.py --data faces-30000 --seeds 1 --epochs 4
+    python bench/quality.py --data faces-30000 --first-seed 1 --seeds 2 --epochs 3
 """
 import argparse
 import contextlib
@@ -168,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", nargs="*", default=["digits-1264", "faces-4000"])
     parser.add_argument("--recipes", nargs="+", default=["previous", "shipped"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, help="epoch budget (default: the recipe's; the "
                         "built-in data's own budget from schemas/default_data.json for faces-4000)")
     parser.add_argument("--warm-start", metavar="SPAN", help="also: a model trained on faces-4000 "
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
         budget = args.epochs or (load_json("default_data.json")["epochs"]
                                  if data == "faces-4000" else None)
         for recipe in args.recipes:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 changes = {**(PREVIOUS if recipe == "previous" else {}), "seed": seed}
                 if budget:
                     changes["epochs"] = budget

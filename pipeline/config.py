@@ -26,12 +26,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as one folder nam
 
 def load_json(name: str, path: str | Path | None = None) -> dict:
     """Read one config file (default: schemas/<name>), with a readable error if it is broken."""
-    path = Path(path) if path else SCHEMAS_DIR / name
+    given = path is not None
+    path = Path(path) if given else SCHEMAS_DIR / name
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"Config file {path} does not exist. Restore it from the repository "
-                        f"(git checkout -- schemas/{name}) or pass an existing file.") from None
+        how = ("Pass an existing file" if given else
+               f"Restore it from the repository (git checkout -- schemas/{name})")
+        raise UserError(f"Config file {path} does not exist. {how}.") from None
     except json.JSONDecodeError as e:
         raise UserError(f"Config file {path} is not valid JSON ({e.msg} at line {e.lineno}, "
                         f"column {e.colno}). Fix the file and run again.") from None

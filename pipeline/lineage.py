@@ -1,7 +1,7 @@
 """Which data and code produced a serving version: its lineage from ML Metadata.
 
     python -m pipeline.lineage [--pipeline-root DIR] [--serving-dir DIR] [--model-name fer]
-                               [--version N]
+                               [--version N] [--metadata-config FILE]
 
 Walks back from the pushed model (default: the newest version) through every execution that led
 to it, printing each one's component, folder, code version and parameters, down to the input
@@ -22,27 +22,33 @@ def main(argv=None) -> int:
     parser.add_argument("--serving-dir", default="serving", metavar="DIR")
     parser.add_argument("--model-name", default="fer")
     parser.add_argument("--version", type=int, help="default: the newest version")
+    parser.add_argument("--metadata-config", metavar="FILE",
+                        help="the shared metadata database the runs used (as for pipeline.run)")
     args = parser.parse_args(argv)
     try:
         print("\n".join(lineage(Path(args.pipeline_root), Path(args.serving_dir),
-                                args.model_name, args.version)))
+                                args.model_name, args.version, args.metadata_config)))
     except (UserError, IntegrityError) as e:
         return report_error(e)
     return 0
 
 
-def lineage(root: Path, serving_dir: Path, model_name: str, version: int | None) -> list[str]:
+def lineage(root: Path, serving_dir: Path, model_name: str, version: int | None,
+            metadata_config: str | None = None) -> list[str]:
     from ml_metadata.proto import metadata_store_pb2 as mlmd
 
     from pipeline import metadata, serving
 
-    if not (root / "metadata.sqlite").exists():
-        raise UserError(f"{root} has no metadata.sqlite: it is not a pipeline root that ran.")
+    connection = metadata.store_connection(root.resolve(), metadata_config)
+    if not connection.shared and not (root / "metadata.sqlite").exists():
+        raise UserError(f"{root} has no metadata.sqlite: it is not a pipeline root that ran "
+                        f"(or its runs kept their metadata in a database: pass "
+                        f"--metadata-config).")
     target = (serving_dir / model_name / str(version)) if version else serving.latest(
         serving_dir, model_name)
     if target is None or not target.exists():
         raise UserError(f"No version {version or ''} of model {model_name!r} in {serving_dir}.")
-    store = metadata.Store.read_only(root)
+    store = metadata.Store.read_only(root, connection)
     pushed = [a for a in store.get_artifacts_by_type("PushedModel")
               if Path(a.uri).resolve() == target.resolve()]
     if not pushed:

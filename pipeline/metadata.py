@@ -1,8 +1,10 @@
 """ML Metadata for the pipeline root: lineage, and the cache of executions.
 
-Every execution is recorded in <root>/metadata.sqlite with its component, parameters, code
-version, state (RUNNING, then COMPLETE or FAILED), its input artifacts and its output artifact,
-and the run that asked for it (a context). So one can ask which data and code produced a model.
+Every execution is recorded with its component, parameters, code version, state (RUNNING, then
+COMPLETE or FAILED), its input artifacts and its output artifact, its pipeline root and the run
+that asked for it (two contexts). So one can ask which data and code produced a model. The store
+is <root>/metadata.sqlite, or a MySQL/MariaDB database that every machine reaches and several
+roots may share (--metadata-config); one run at a time holds a root (`exclusive`).
 
 An execution's fingerprint is a hash of its component, parameters, code and input fingerprints
 (input files by content). A COMPLETE execution with the same fingerprint whose folder is marked
@@ -10,16 +12,21 @@ complete (pipeline.artifacts) and still holds the bytes it held when it finished
 of run again; an unfinished one can be continued (the Trainer's). A damaged output is retired,
 never reused. An execution's start and its completion are each one transaction.
 """
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import threading
 import time
+import typing
 from pathlib import Path
 
-from ml_metadata import metadata_store
+from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
 from pipeline import artifacts
+from pipeline.errors import IntegrityError, UserError
 
 _CODE_DIRS = ("components", "pipeline")
 OUTPUT_TYPES = {"ExampleGen": "Examples", "StatisticsGen": "ExampleStatistics",
@@ -62,7 +69,6 @@ def file_fingerprints(data: str | list[str]) -> dict[str, str]:
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline import fer_csv
-    from pipeline.errors import UserError
 
     try:
         paths = fer_csv.input_files(data)
@@ -96,54 +102,240 @@ def tree_fingerprint(folder: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _connect(root: Path, mode) -> metadata_store.MetadataStore:
-    from pipeline.errors import IntegrityError
+class Connection(typing.NamedTuple):
+    config: mlmd.ConnectionConfig
+    where: str             # for people: the SQLite file, or mysql://user@host:port/database
+    lease_seconds: float   # how long a shared store's hold on a root lasts unrenewed
 
-    path = root / "metadata.sqlite"
-    config = mlmd.ConnectionConfig()
-    config.sqlite.filename_uri = str(path)
-    config.sqlite.connection_mode = mode
+    @property
+    def shared(self) -> bool:
+        return self.config.HasField("mysql")
+
+
+def store_connection(root: Path, config_file: str | None = None) -> Connection:
+    """<root>/metadata.sqlite, or the store a --metadata-config file names: ML Metadata's
+    ConnectionConfig as JSON, {"mysql": {"host", "port", "database", "user", "password"}}, the
+    password there or in $FER_METADATA_PASSWORD, and optionally "lease_seconds" (default 60)."""
+    if not config_file:
+        config = mlmd.ConnectionConfig()
+        config.sqlite.filename_uri = str(root / "metadata.sqlite")
+        return Connection(config, config.sqlite.filename_uri, 0)
+    from google.protobuf import json_format
+
+    from pipeline.config import load_json
+
+    spec = load_json("metadata.json", config_file)
+    lease = spec.pop("lease_seconds", 60) if isinstance(spec, dict) else None
     try:
-        return metadata_store.MetadataStore(config)
-    except RuntimeError as e:  # MLMD's word for a damaged SQLite file
-        parts = str(e).split(" query:")  # "Error when executing query: <why> query: <sql>"
-        why = parts[1].strip() if len(parts) > 2 else str(e)[:200]
-        raise IntegrityError(
-            f"The metadata store {path} is damaged ({why}). Move it aside (mv {path} "
-            f"{path}.damaged) and run again: a new store is started, so every step runs once "
-            f"more; the outputs on disk and the serving directory are kept.") from None
+        config = json_format.ParseDict(spec, mlmd.ConnectionConfig())
+        if not config.HasField("mysql") or not isinstance(lease, (int, float)) or lease <= 0:
+            raise json_format.ParseError("it needs a \"mysql\" entry, and \"lease_seconds\" "
+                                         "is a number of seconds above 0")
+    except json_format.ParseError as e:
+        raise UserError(
+            f"Metadata config {config_file} is not an ML Metadata connection ({e}). Write "
+            f"{{\"mysql\": {{\"host\": \"db.example\", \"port\": 3306, \"database\": "
+            f"\"fer\", \"user\": \"fer\", \"password\": \"...\"}}}}, or leave the flag out "
+            f"for the SQLite store in the pipeline root.") from None
+    mysql = config.mysql
+    if not mysql.password and os.environ.get("FER_METADATA_PASSWORD"):
+        mysql.password = os.environ["FER_METADATA_PASSWORD"]
+    where = f"mysql://{mysql.user}@{mysql.host}:{mysql.port or 3306}/{mysql.database}"
+    return Connection(config, where, float(lease))
+
+
+def _connect(connection: Connection, read_only: bool = False) -> metadata_store.MetadataStore:
+    config = mlmd.ConnectionConfig()
+    config.CopyFrom(connection.config)
+    if not connection.shared:
+        config.sqlite.connection_mode = (mlmd.SqliteMetadataSourceConfig.READONLY if read_only
+                                         else mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE)
+    for attempt in range(3):
+        try:
+            return metadata_store.MetadataStore(config)
+        except RuntimeError as e:
+            # Two processes that meet an empty database both create its tables; one fails and
+            # finds them made when it tries again.
+            if connection.shared and attempt < 2 and "real_connect" not in str(e):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise _connect_error(connection, e) from None
+
+
+def _connect_error(connection: Connection, e: RuntimeError) -> Exception:
+    if connection.shared:
+        return UserError(
+            f"Cannot open the metadata database {connection.where} ({str(e)[:200]}). Check that "
+            f"the server is up and reachable and that the --metadata-config file names its host, "
+            f"port, database, user and password (ML Metadata needs a mysql_native_password user; "
+            f"write the host as 127.0.0.1, not localhost, for a server on this machine).")
+    parts = str(e).split(" query:")  # MLMD's word for a damaged SQLite file:
+    why = parts[1].strip() if len(parts) > 2 else str(e)[:200]  # "...query: <why> query: <sql>"
+    path = connection.where
+    return IntegrityError(
+        f"The metadata store {path} is damaged ({why}). Move it aside (mv {path} "
+        f"{path}.damaged) and run again: a new store is started, so every step runs once "
+        f"more; the outputs on disk and the serving directory are kept.")
+
+
+@contextlib.contextmanager
+def exclusive(root: Path, connection: Connection):
+    """Hold the root for one run, or raise artifacts.Busy: a lock file beside a store in the root;
+    a lease in a shared store's database (machines share no lock file). Yields the lease
+    (None for the lock file)."""
+    if not connection.shared:
+        with artifacts.lock(root / ".lock", wait=False):
+            yield None
+        return
+    lease = Lease(connection, str(root))
+    try:
+        yield lease
+    finally:
+        lease.give_back()
+
+
+class Lease:
+    """A run's hold on a root in a shared store. ML Metadata cannot delete, so each hold is a new
+    context "<root>#<n>": of processes racing to create the same n, exactly one succeeds. The
+    holder renews it every lease_seconds/3; it is free once given back, expired, or held by a
+    process of this machine that is gone (kill -9 frees it at once). A holder that could not
+    renew in time has lost it (`lost`), and stops before its next step."""
+
+    def __init__(self, connection: Connection, root: str):
+        self.connection, self.root, self.lost = connection, root, False
+        self.store = _connect(connection)
+        self.type_id = _put_type(self.store, "context", "RootLease")
+        self.context = self._take()
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, daemon=True, name="lease")
+        self._renewer.start()
+
+    def _newest(self, store) -> mlmd.Context | None:
+        prefix = self.root + "#"
+        held = [c for c in store.get_contexts_by_type("RootLease") if c.name.startswith(prefix)
+                and c.name[len(prefix):].isdigit()]
+        return max(held, key=lambda c: int(c.name[len(prefix):]), default=None)
+
+    def _take(self) -> mlmd.Context:
+        for _ in range(3):
+            newest = self._newest(self.store)
+            if newest and not _free(newest):
+                raise artifacts.Busy(_holder(newest))
+            n = int(newest.name.rpartition("#")[2]) + 1 if newest else 1
+            context = mlmd.Context(type_id=self.type_id, name=f"{self.root}#{n}")
+            for key, value in {"holder": f"{socket.gethostname()}:{os.getpid()}",
+                               "since": str(time.time()), "state": "held",
+                               "expires": str(time.time() + self.connection.lease_seconds)
+                               }.items():
+                context.custom_properties[key].string_value = value
+            try:
+                [context.id] = self.store.put_contexts([context])
+                return context
+            except errors.AlreadyExistsError:  # another process took generation n first
+                continue
+        raise artifacts.Busy("another process")
+
+    def _renew(self) -> None:
+        store = _connect(self.connection)  # a connection of this thread's own
+        while not self._stop.wait(self.connection.lease_seconds / 3):
+            try:
+                newest = self._newest(store)
+                if newest is None or newest.name != self.context.name:
+                    self.lost = True
+                    return
+                newest.custom_properties["expires"].string_value = str(
+                    time.time() + self.connection.lease_seconds)
+                store.put_contexts([newest])
+            except (RuntimeError, errors.StatusError):  # the database is away: try again
+                if time.time() > float(self.context.custom_properties["expires"].string_value):
+                    self.lost = True
+                    return
+
+    def give_back(self) -> None:
+        self._stop.set()
+        self._renewer.join(timeout=30)
+        newest = self._newest(self.store)
+        if newest is not None and newest.name == self.context.name:
+            newest.custom_properties["state"].string_value = "released"
+            self.store.put_contexts([newest])
+
+
+def _free(lease: mlmd.Context) -> bool:
+    props = {k: v.string_value for k, v in lease.custom_properties.items()}
+    host, _, pid = props.get("holder", "").rpartition(":")
+    gone = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+    return props.get("state") == "released" or float(props.get("expires", 0)) < time.time() or gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(lease: mlmd.Context) -> str:
+    props = {k: v.string_value for k, v in lease.custom_properties.items()}
+    host, _, pid = props["holder"].rpartition(":")
+    clock = lambda key: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(props[key])))
+    return f"pid {pid} on {host}, started {clock('since')}, lease until {clock('expires')}"
+
+
+def _put_type(store, kind: str, name: str) -> int:
+    proto = {"artifact": mlmd.ArtifactType, "execution": mlmd.ExecutionType,
+             "context": mlmd.ContextType}[kind](name=name)
+    put = {"artifact": store.put_artifact_type, "execution": store.put_execution_type,
+           "context": store.put_context_type}[kind]
+    try:
+        return put(proto)
+    except errors.AlreadyExistsError:  # another process of a shared store made it just now
+        return put(proto)
 
 
 class Store:
     """The pipeline root's ML Metadata store, and the run (context) now using it."""
 
-    def __init__(self, root: Path):
-        self.store = _connect(root, mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE)
-        self._types = {}
-        run_type = self._type("context", "PipelineRun")
-        self.run = mlmd.Context(type_id=run_type, name=f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-                                                       f"-{os.getpid()}")
-        [self.run.id] = self.store.put_contexts([self.run])
+    def __init__(self, root: Path, connection: Connection | None = None,
+                 lease: Lease | None = None):
+        connection = connection or store_connection(root)
+        self.store, self.lease, self._types = _connect(connection), lease, {}
+        self.where = connection.where
+        self.run = self._context("PipelineRun", f"run-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                f"{socket.gethostname()}-{os.getpid()}")
+        self.pipeline = self._context("Pipeline", str(root), adopt=not connection.shared)
 
     @staticmethod
-    def read_only(root: Path) -> metadata_store.MetadataStore:
+    def read_only(root: Path, connection: Connection | None = None
+                  ) -> metadata_store.MetadataStore:
         """The bare store, for questions (pipeline.lineage); no run is recorded."""
-        return _connect(root, mlmd.SqliteMetadataSourceConfig.READONLY)
+        return _connect(connection or store_connection(root), read_only=True)
 
     def _type(self, kind: str, name: str) -> int:
         if (kind, name) not in self._types:
-            proto = {"artifact": mlmd.ArtifactType, "execution": mlmd.ExecutionType,
-                     "context": mlmd.ContextType}[kind](name=name)
-            put = {"artifact": self.store.put_artifact_type,
-                   "execution": self.store.put_execution_type,
-                   "context": self.store.put_context_type}[kind]
-            self._types[(kind, name)] = put(proto)
+            self._types[(kind, name)] = _put_type(self.store, kind, name)
         return self._types[(kind, name)]
 
+    def _context(self, kind: str, name: str, adopt: bool = False) -> mlmd.Context:
+        context = mlmd.Context(type_id=self._type("context", kind), name=name)
+        try:
+            [context.id] = self.store.put_contexts([context])
+        except errors.AlreadyExistsError:
+            return self.store.get_context_by_type_and_name(kind, name)
+        if adopt and self.store.get_executions():
+            # A root's own store from before roots were contexts: all of it is this root's.
+            self.store.put_attributions_and_associations([], [
+                mlmd.Association(context_id=context.id, execution_id=e.id)
+                for e in self.store.get_executions()])
+        return context
+
     def _executions(self, component: str, print_: str):
-        self._type("execution", component)
-        found = [e for e in self.store.get_executions_by_type(component)
-                 if e.custom_properties["fingerprint"].string_value == print_]
+        type_id = self._type("execution", component)
+        found = [e for e in self.store.get_executions_by_context(self.pipeline.id)
+                 if e.type_id == type_id
+                 and e.custom_properties["fingerprint"].string_value == print_]
         return sorted(found, key=lambda e: e.id, reverse=True)
 
     def finished(self, component: str, print_: str):
@@ -172,8 +364,8 @@ class Store:
     def abandon_interrupted(self) -> list[int]:
         """Executions left RUNNING by a run that died (killed, power cut) become FAILED; one that
         died between recording an execution COMPLETE and marking its folder gets the marker now
-        if its files are intact. Called under the root's lock, so none can still be running."""
-        executions = self.store.get_executions()
+        if its files are intact. Called holding the root, so none can still be running."""
+        executions = self.store.get_executions_by_context(self.pipeline.id)
         for e in executions:
             folder = e.custom_properties["folder"].string_value
             if e.last_known_state == mlmd.Execution.COMPLETE and not artifacts.is_complete(folder):
@@ -199,12 +391,18 @@ class Store:
 
     def start(self, component: str, print_: str, parameters: dict, inputs: list[int],
               folder: Path, code: str) -> mlmd.Execution:
+        if self.lease and self.lease.lost:
+            raise IntegrityError(
+                f"This run lost its hold on the pipeline root: its lease in the metadata "
+                f"database was not renewed in time (the database was out of reach, or the "
+                f"process stalled), so another run may now hold the root. It stopped before "
+                f"{component}; run again once the other run has finished.")
         e = mlmd.Execution(type_id=self._type("execution", component),
                            last_known_state=mlmd.Execution.RUNNING)
         for key, value in {"fingerprint": print_, "folder": str(folder), "code": code,
                            "commit": source_commit(),
                            "parameters": json.dumps(parameters, sort_keys=True, default=str),
-                           "pid": str(os.getpid())}.items():
+                           "pid": str(os.getpid()), "host": socket.gethostname()}.items():
             e.custom_properties[key].string_value = value
         inputs = self.store.get_artifacts_by_id(inputs) if inputs else []
         e.id, _, _ = self._put(e, [(a, mlmd.Event.INPUT) for a in inputs])
@@ -232,7 +430,7 @@ class Store:
         context. A kill leaves all of it recorded or none (never a COMPLETE execution without
         its output)."""
         return self.store.put_execution(
-            e, [(a, mlmd.Event(type=kind)) for a, kind in artifacts], [self.run],
+            e, [(a, mlmd.Event(type=kind)) for a, kind in artifacts], [self.run, self.pipeline],
             force_reuse_context=True)
 
     def fail(self, e: mlmd.Execution, why: str) -> None:

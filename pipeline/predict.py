@@ -1,15 +1,22 @@
 """Ask a trained or serving model what expression each face shows.
 
-    python -m pipeline.predict --model DIR INPUT [INPUT ...]
+    python -m pipeline.predict --model DIR [--no-detect] [--json] [--annotate OUT] INPUT [...]
 
 DIR is a SavedModel folder (a Trainer's serving_model, or one version under the serving
 directory) or a model's folder in the serving directory (<serving-dir>/<model_name>), whose
-newest version is used. INPUT is a PNG, JPEG, GIF or BMP of any size, made 48x48 grayscale (the
-face should fill the picture, as in FER2013), or a FER CSV with a pixels column (other columns are
-ignored). One line per face: the emotion, its probability, then every class's probability.
+newest version is used. INPUT is a photo (PNG, JPEG, GIF or BMP, any size) or a FER CSV with a
+pixels column (other columns are ignored).
+
+In a photo every frontal face is found (pipeline.faces), levelled, cut out and made 48x48 as
+FER2013's faces are; one line per face gives its box, the emotion and its probability, then every
+class's probability. A photo without a face says so, and no emotion is invented. --no-detect
+takes the whole picture as the face, for pictures that are already FER crops. --json prints one
+JSON object per input instead; --annotate draws the boxes and labels into a PNG (OUT for one
+photo, a folder for several).
 """
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -23,13 +30,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, metavar="DIR")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="the whole picture is the face (already a FER-style crop)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per input")
+    parser.add_argument("--annotate", metavar="OUT",
+                        help="draw each face's box and emotion: a PNG for one photo, else a "
+                             "folder that gets one PNG per photo")
     parser.add_argument("inputs", nargs="+", metavar="INPUT")
     args = parser.parse_args(argv)
     try:
-        model = _load(Path(args.model))
+        model, classes = _load(Path(args.model)), _classes()
+        photos = [p for p in map(Path, args.inputs) if p.suffix.lower() in _IMAGE_SUFFIXES]
         for path in map(Path, args.inputs):
-            for source, answer in _predict(model, path):
-                print(_line(source, answer))
+            answers = _predict(model, path, detect=not args.no_detect)
+            if path.suffix.lower() in _IMAGE_SUFFIXES and args.annotate:
+                answers = list(answers)
+                _annotate(path, answers, _annotation_path(Path(args.annotate), path, photos),
+                          classes)
+            _print(path, answers, classes, args.json)
     except UserError as e:
         return report_error(e)
     return 0
@@ -46,19 +64,24 @@ def _load(path: Path):
     return serving.load(path)
 
 
-def _predict(model, path: Path):
+def _predict(model, path: Path, detect: bool):
+    """(where, box or None, the model's answer) for each face of a photo or row of a CSV."""
     import tensorflow as tf
 
     if not path.is_file():
         raise UserError(f"Input {path} does not exist or is not a file.")
     if path.suffix.lower() in _IMAGE_SUFFIXES:
-        try:
-            image = tf.io.decode_image(path.read_bytes(), channels=1, expand_animations=False)
-        except tf.errors.InvalidArgumentError:
-            raise UserError(f"{path} is not a readable PNG, JPEG, GIF or BMP image.") from None
-        face = tf.image.resize(image, (48, 48), antialias=True)
-        face = tf.cast(tf.clip_by_value(tf.round(face), 0, 255), tf.uint8)[tf.newaxis]
-        yield str(path), model.signatures["serve_images"](images=face)
+        gray = _read_gray(path)
+        if not detect:
+            face = tf.image.resize(gray[..., None], (48, 48), antialias=True)
+            face = tf.cast(tf.clip_by_value(tf.round(face), 0, 255), tf.uint8)[tf.newaxis]
+            yield str(path), None, model.signatures["serve_images"](images=face)
+            return
+        from pipeline import faces
+
+        for face in faces.find(gray):
+            yield str(path), face.box, model.signatures["serve_images"](
+                images=tf.constant(face.crop[None, ..., None]))
         return
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f, skipinitialspace=True))
@@ -71,15 +94,74 @@ def _predict(model, path: Path):
         except (tf.errors.InvalidArgumentError, ValueError):
             raise UserError(f"{path}, line {number}: the pixels must be 2304 whole numbers from "
                             f"0 to 255, separated by spaces.") from None
-        yield f"{path}:{number}", answer
+        yield f"{path}:{number}", None, answer
 
 
-def _line(source: str, answer) -> str:
+def _read_gray(path: Path):
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_image(path.read_bytes(), channels=1, expand_animations=False)
+    except tf.errors.InvalidArgumentError:
+        raise UserError(f"{path} is not a readable PNG, JPEG, GIF or BMP image.") from None
+    return image.numpy()[..., 0]
+
+
+def _scores(answer, classes) -> tuple[str, dict[str, float]]:
     probabilities = answer["probabilities"].numpy()[0]
-    name = answer["class_name"].numpy()[0].decode()
-    best = probabilities.max()
-    return f"{source}  {name} {best:.2f}  | " + " ".join(
-        f"{c} {p:.2f}" for c, p in zip(_classes(), probabilities))
+    return (answer["class_name"].numpy()[0].decode(),
+            {c: round(float(p), 4) for c, p in zip(classes, probabilities)})
+
+
+def _print(path: Path, answers, classes, as_json: bool) -> None:
+    found = []
+    for where, box, answer in answers:
+        name, scores = _scores(answer, classes)
+        found.append({"where": where, "box": box, "emotion": name,
+                      "probability": scores[name], "probabilities": scores})
+    if as_json:
+        print(json.dumps({"input": str(path), "faces": found}))
+        return
+    if not found:
+        hint = _hint_for_crops(path) if path.suffix.lower() in _IMAGE_SUFFIXES else ""
+        print(f"{path}  no face found{hint}")
+    for face in found:
+        box = "" if face["box"] is None else " face at x={} y={} w={} h={}".format(*face["box"])
+        print(f"{face['where']}{box}  {face['emotion']} {face['probability']:.2f}  | "
+              + " ".join(f"{c} {p:.2f}" for c, p in face["probabilities"].items()))
+
+
+def _hint_for_crops(path: Path) -> str:
+    """A picture about the size of a FER crop is likely one: say how to classify it whole."""
+    height, width = _read_gray(path).shape
+    return (" (a picture that is already a face crop, like FER2013's 48x48 ones: pass "
+            "--no-detect)") if max(height, width) <= 96 else ""
+
+
+def _annotation_path(out: Path, photo: Path, photos: list[Path]) -> Path:
+    if len(photos) == 1 and out.suffix.lower() == ".png":
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{photo.stem}.png"
+
+
+def _annotate(photo: Path, answers, out: Path, classes) -> None:
+    """The photo with a box and "Emotion 0.87" drawn for each face found."""
+    import cv2
+
+    picture = cv2.cvtColor(_read_gray(photo), cv2.COLOR_GRAY2BGR)
+    thick = max(1, round(max(picture.shape[:2]) / 300))
+    for _, box, answer in answers:
+        if box is None:
+            continue
+        name, scores = _scores(answer, classes)
+        x, y, w, h = box
+        cv2.rectangle(picture, (x, y), (x + w, y + h), (0, 200, 0), thick)
+        cv2.putText(picture, f"{name} {scores[name]:.2f}", (x, max(12, y - 4 * thick)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 200, 0), thick, cv2.LINE_AA)
+    if not cv2.imwrite(str(out), picture):
+        raise UserError(f"Cannot write the annotated picture {out}. Pass --annotate a path "
+                        f"ending in .png in a folder that exists and can be written.")
 
 
 def _classes():

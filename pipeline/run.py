@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
              "layout); the newest version there is the baseline a new model must not fall "
              "behind (default: ./serving)")
     parser.add_argument(
+        "--metadata-config", metavar="FILE",
+        help="ML Metadata in a MySQL or MariaDB database that every machine reaches, instead of "
+             "<pipeline root>/metadata.sqlite: a JSON file {\"mysql\": {\"host\", \"port\", "
+             "\"database\", \"user\", \"password\"}} (password also from "
+             "$FER_METADATA_PASSWORD); one run per root is then held by a lease in that database")
+    parser.add_argument(
         "--stop-after", metavar="COMPONENT", choices=COMPONENTS, default=COMPONENTS[-1],
         help=f"stop after this step; one of {', '.join(COMPONENTS)}")
     parser.add_argument(
@@ -132,9 +138,12 @@ def run(args, beam_args) -> None:
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"The pipeline root {root} cannot be a folder: a file of that name (or "
                         f"above it) is in the way. Pass another --pipeline-root.") from None
+    from pipeline import metadata
+
+    connection = metadata.store_connection(root, args.metadata_config)
     try:
-        with artifacts.lock(root / ".lock", wait=False):
-            Run(args, beam_args, settings, root).all()
+        with metadata.exclusive(root, connection) as lease:
+            Run(args, beam_args, settings, root, metadata.Store(root, connection, lease)).all()
     except artifacts.Busy as holder:
         raise UserError(f"Another run is using the pipeline root {root} ({holder}). Wait for it "
                         f"to finish, or give this run its own --pipeline-root.") from None
@@ -202,11 +211,11 @@ class Run:
     """One run of the pipeline over a root: runs the steps as recorded, cached executions
     (pipeline.metadata), and holds their outputs for the steps after them."""
 
-    def __init__(self, args, beam_args, settings, root: Path):
+    def __init__(self, args, beam_args, settings, root: Path, store):
         from pipeline import metadata
 
         self.args, self.beam_args, self.settings, self.root = args, beam_args, settings, root
-        self.store, self.code = metadata.Store(root), metadata.code_version()
+        self.store, self.code = store, metadata.code_version()
         self.outputs: dict[str, Output] = {}
 
     def all(self) -> None:
@@ -223,8 +232,10 @@ class Run:
                     break
             if step.name == self.args.stop_after:
                 break
-        print(f"Metadata: {self.root / 'metadata.sqlite'} (python -m pipeline.lineage "
-              f"--pipeline-root {self.root} --serving-dir {self.args.serving_dir})")
+        config = (f" --metadata-config {self.args.metadata_config}"
+                  if self.args.metadata_config else "")
+        print(f"Metadata: {self.store.where} (python -m pipeline.lineage "
+              f"--pipeline-root {self.root} --serving-dir {self.args.serving_dir}{config})")
 
     def folder(self, step: str) -> str:
         return self.outputs[step].folder
