@@ -37,6 +37,7 @@ setup(
     package_dir={"pipeline.schemas": "schemas"},
     package_data={"pipeline.schemas": ["*.json", "*.pbtxt"]},
     install_requires=PINS,
-    extras_require={"test": ["pytest==9.2.0"],
+    extras_require={"test": ["pytest==9.2.0",
+                             "gcp-storage-emulator==2026.7.19"],  # gs:// in tests (tests/gcs.py)
                     "bench": ["scikit-learn==1.6.1"]},  # bench/quality.py's real digit images
 )

@@ -16,7 +16,6 @@ Output layout (output_dir):
 """
 import json
 import logging
-from pathlib import Path
 
 import tensorflow_model_analysis as tfma
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -39,7 +38,7 @@ _LABELS = {"accuracy": "overall accuracy", "macro_accuracy": "macro-averaged acc
 def run(model_dir: str, examples_dir: str, output_dir: str, gates: EvaluationConfig,
         classes: tuple[str, ...], baseline_dir: str | None = None, beam_args=()) -> dict:
     """Evaluate model_dir (and the serving baseline_dir) on gates.split; returns evaluation.json."""
-    out = Path(output_dir)
+    tfma_dir = artifacts.join(output_dir, "tfma")
     if baseline_dir:
         try:
             serving.load(baseline_dir)
@@ -55,12 +54,12 @@ def run(model_dir: str, examples_dir: str, output_dir: str, gates: EvaluationCon
     tfma.run_model_analysis(
         eval_shared_model=models if baseline_dir else models[0], eval_config=eval_config,
         data_location=artifacts.examples_pattern(examples_dir, gates.split),
-        output_path=str(out / "tfma"), pipeline_options=PipelineOptions(list(beam_args)))
+        output_path=tfma_dir, pipeline_options=PipelineOptions(list(beam_args)))
 
     # TFMA drops the name of a lone model.
-    metrics = {name: _metrics(out / "tfma", name if baseline_dir else None, classes)
+    metrics = {name: _metrics(tfma_dir, name if baseline_dir else None, classes)
                for name in ([CANDIDATE, BASELINE] if baseline_dir else [CANDIDATE])}
-    validation = tfma.load_validation_result(str(out / "tfma"))
+    validation = tfma.load_validation_result(tfma_dir)
     reasons = [_reason(failure) for per_slice in validation.metric_validations_per_slice
                for failure in per_slice.failures]
     if not validation.validation_ok and not reasons:
@@ -78,8 +77,10 @@ def run(model_dir: str, examples_dir: str, output_dir: str, gates: EvaluationCon
         "classes": list(classes),
         "gates": {"floors": gates.floors, "max_drop_vs_serving": gates.max_drop_vs_serving},
     }
-    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-    (out / ("BLESSED" if evaluation["blessed"] else "NOT_BLESSED")).touch()
+    artifacts.write_text(artifacts.join(output_dir, "evaluation.json"),
+                         json.dumps(evaluation, indent=2))
+    artifacts.write_text(artifacts.join(output_dir, "BLESSED" if evaluation["blessed"]
+                                        else "NOT_BLESSED"), "")
     return evaluation
 
 
@@ -110,8 +111,8 @@ def _eval_config(gates: EvaluationConfig, baseline: bool) -> tfma.EvalConfig:
                            slicing_specs=[tfma.SlicingSpec()])
 
 
-def _metrics(tfma_dir: Path, model_name: str | None, classes) -> dict:
-    result = tfma.load_eval_result(str(tfma_dir), model_name=model_name)
+def _metrics(tfma_dir: str, model_name: str | None, classes) -> dict:
+    result = tfma.load_eval_result(tfma_dir, model_name=model_name)
     values = dict(result.slicing_metrics)[()][""][""]
     plot = dict(result.plots)[()][""][""]["multiClassConfusionMatrixAtThresholds"]["matrices"][0]
     matrix = [[0] * len(classes) for _ in classes]

@@ -15,7 +15,6 @@ Output layout (output_dir):
 """
 import collections
 import dataclasses
-import glob
 import gzip
 import json
 import logging
@@ -28,6 +27,7 @@ import pyarrow as pa
 from apache_beam import coders
 from apache_beam.io import filebasedsink, tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.coders import example_coder
@@ -82,8 +82,7 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
         "input": data, "files": lines_by_file, "rows_read": rows_read, "blank_lines": blank,
         "written": written, "quarantined": quarantined, "quarantine_reasons": reasons,
     }
-    with open(os.path.join(output_dir, "counts.json"), "w") as f:
-        json.dump(counts, f, indent=2)
+    artifacts.write_text(os.path.join(output_dir, "counts.json"), json.dumps(counts, indent=2))
 
     _reconcile(counts, counters, output_dir)
     _check_quality(counts, config, output_dir)
@@ -241,7 +240,7 @@ def _count_records(files: list[str]) -> int:
     """Records on disk, each one's checksums verified as it is read back."""
     count = 0
     for path in files:
-        with gzip.open(path, "rb") as f:
+        with FileSystems.open(path) as f:  # gunzipped, as its name says
             while tfrecordio._TFRecordUtil.read_record(f) is not None:
                 count += 1
     return count
@@ -249,12 +248,11 @@ def _count_records(files: list[str]) -> int:
 
 def _quarantine_reasons(quarantine_dir: str) -> dict[str, int]:
     reasons = collections.Counter()
-    for path in sorted(glob.glob(os.path.join(quarantine_dir, "*.jsonl"))):
-        with open(path) as f:
-            for line in f:
-                reason = json.loads(line)["reason"]
-                # Group "found 2303 pixel values" with "found 12 ...": the kind, not the number.
-                reasons[_reason_kind(reason)] += 1
+    for path in artifacts.glob(os.path.join(quarantine_dir, "*.jsonl")):
+        for line in artifacts.read_text(path).splitlines():
+            reason = json.loads(line)["reason"]
+            # Group "found 2303 pixel values" with "found 12 ...": the kind, not the number.
+            reasons[_reason_kind(reason)] += 1
     return dict(reasons.most_common())
 
 

@@ -39,7 +39,7 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
     plain = _without(schema, "skew_comparator", "drift_comparator")
     for split, split_stats in stats.items():
         anomalies = tfdv.validate_statistics(split_stats, plain)
-        os.makedirs(artifacts.split_dir(output_dir, split), exist_ok=True)
+        artifacts.makedirs(artifacts.split_dir(output_dir, split))
         tfdv.write_anomalies_text(anomalies, os.path.join(artifacts.split_dir(output_dir, split),
                                                           "SchemaDiff.pbtxt"))
         findings += _findings(anomalies, "schema", split, comparators=False)
@@ -62,10 +62,9 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
     for finding in findings:
         finding["action"] = policy["on_anomaly"][finding["check"]]
     report = os.path.join(output_dir, "anomalies.json")
-    with open(report, "w") as f:
-        json.dump({"statistics": statistics, "schema": schema_path,
-                   "previous_statistics": previous_train_statistics, "findings": findings},
-                  f, indent=2)
+    artifacts.write_text(report, json.dumps(
+        {"statistics": statistics, "schema": schema_path,
+         "previous_statistics": previous_train_statistics, "findings": findings}, indent=2))
 
     stopping = [f for f in findings if f["action"] == "stop"]
     if stopping:

@@ -1,13 +1,14 @@
 """Pusher: a blessed SavedModel becomes the next version in the serving directory, atomically.
 
-Layout (TF Serving's): <serving_dir>/<model_name>/<version>/ with version = 1, 2, 3, ... The model
-is copied into a hidden folder beside the versions (saved_model.pb last, every file flushed to
-disk), then renamed to its version number in one step: TF Serving, predict and the next run's
-Evaluator never see a half-copied model. Existing versions are never overwritten or removed, and
-the model serving already is not pushed again: pushing is idempotent.
+Layout (TF Serving's): <serving_dir>/<model_name>/<version>/ with version = 1, 2, 3, ... On a
+local disk the model is copied into a hidden folder beside the versions (saved_model.pb last,
+every file flushed to disk), then renamed to its version number in one step; on object storage,
+where a rename is a copy, straight into its version folder with saved_model.pb last, which is
+what makes a version count (pipeline.serving). Either way TF Serving, predict and the next run's
+Evaluator never take a half-copied model for a version. Existing versions are never overwritten
+or removed, and the model serving already is not pushed again: pushing is idempotent.
 """
 import json
-import shutil
 from pathlib import Path
 
 from pipeline import artifacts, serving
@@ -21,45 +22,56 @@ def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
     if not evaluation["blessed"]:
         result = {"pushed": False, "reasons": evaluation["reasons"]}
     else:
-        target = _push(Path(model_dir), Path(serving_dir) / model_name)
-        result = {"pushed": True, "version": int(target.name), "path": str(target)}
-    Path(output_dir, "pushed.json").write_text(json.dumps(result, indent=2))
+        target = _push(str(model_dir), artifacts.join(serving_dir, model_name))
+        result = {"pushed": True, "version": int(target.rstrip("/").rpartition("/")[2]),
+                  "path": target}
+    artifacts.write_text(artifacts.join(output_dir, "pushed.json"), json.dumps(result, indent=2))
     return result
 
 
-def _push(model: Path, model_root: Path) -> Path:
+def _push(model: str, model_root: str) -> str:
     try:
-        model_root.mkdir(parents=True, exist_ok=True)
-        with artifacts.lock(model_root / ".lock"):  # pipelines with other roots may push here
+        artifacts.makedirs(model_root)
+        if artifacts.remote(model_root):  # one run per root holds it: see the README on sharing
             return _copy_in(model, model_root)
-    except OSError as e:
-        if isinstance(e, shutil.Error):  # copytree lists (source, target, why) per failed file
-            e = e.args[0][0][2] if e.args and e.args[0] else e
-        why = getattr(e, "strerror", None) or str(e).split(":")[0]
+        with artifacts.lock(artifacts.join(model_root, ".lock")):  # other roots may push here
+            return _copy_in(model, model_root)
+    except Exception as e:
+        import tensorflow as tf
+
+        if not isinstance(e, (OSError, tf.errors.OpError)):  # object storage says OpError
+            raise
+        why = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e).split(":")[0]
         raise UserError(f"Could not push the model into {model_root}: {why}. "
                         f"Check that the serving directory is writable and has space; the "
                         f"versions already there are untouched.") from None
 
 
-def _copy_in(model: Path, model_root: Path) -> Path:
-    for stale in model_root.glob(artifacts.STAGING + "*"):  # left by an interrupted push
-        shutil.rmtree(stale, ignore_errors=True)
+def _copy_in(model: str, model_root: str) -> str:
+    for stale in artifacts.listdir(model_root):  # left by an interrupted push
+        if stale.startswith(artifacts.STAGING):
+            artifacts.remove(artifacts.join(model_root, stale))
     newest = max(serving.versions(model_root), default=0)
-    if newest and tree_fingerprint(model_root / str(newest)) == tree_fingerprint(model):
-        return model_root / str(newest)  # pushed already (by a run that died before recording it)
+    if newest and tree_fingerprint(artifacts.join(model_root, newest)) == tree_fingerprint(model):
+        return artifacts.join(model_root, newest)  # pushed already (by a run that died before
+        #                                            recording it)
+    if artifacts.remote(model_root):  # copied straight into place: a folder past the newest
+        for name in artifacts.listdir(model_root):  # version is a push that was interrupted
+            if name.isdigit() and int(name) > newest:
+                artifacts.remove(artifacts.join(model_root, name))
+        target = artifacts.join(model_root, newest + 1)
+        artifacts.copy_tree(model, target, last=artifacts.SAVED_MODEL)
+        return target
     version = newest + 1
-    partial = artifacts.staging_path(model_root / str(version))
+    while artifacts.exists(artifacts.join(model_root, version)):  # never replace a version,
+        version += 1                                               # nor a half-copied one
+    target = artifacts.join(model_root, version)
+    partial = artifacts.staging_path(target)
     try:
-        shutil.copytree(model, partial, ignore=lambda d, names: (
-            ["saved_model.pb"] if Path(d) == model else []))
-        shutil.copy2(model / "saved_model.pb", partial / "saved_model.pb")
-        artifacts.flush(partial)
+        artifacts.copy_tree(model, partial, last=artifacts.SAVED_MODEL)
+        artifacts.flush(Path(partial))
     except BaseException:  # a full disk, say: give the space back, leave no half model behind
-        shutil.rmtree(partial, ignore_errors=True)
+        artifacts.remove(partial)
         raise
-    while (model_root / str(version)).exists():  # never replace a version
-        version += 1
-    target = model_root / str(version)
     artifacts.publish(partial, target)
     return target
-

@@ -11,7 +11,6 @@ Output layout (output_dir):
     Split-<split>/statistics.html    TFDV's Facets view of the split
     train_vs_<split>.html            the split side by side with train
 """
-import glob
 import os
 from typing import Sequence
 
@@ -42,7 +41,7 @@ def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dic
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
         for split in splits:
             pattern = artifacts.examples_pattern(examples_dir, split)
-            if not glob.glob(pattern):
+            if not artifacts.glob(pattern):
                 raise UserError(f"No examples for split {split!r} under {examples_dir}. Run "
                                 f"ExampleGen again; its output is incomplete.")
             paths[split] = os.path.join(artifacts.split_dir(output_dir, split), STATS_FILE)
@@ -95,15 +94,12 @@ def _one_per_row(values: np.ndarray, present: np.ndarray) -> pa.ListArray:
 def _write_html(paths: dict[str, str], output_dir: str) -> None:
     stats = {split: tfdv.load_stats_binary(path) for split, path in paths.items()}
     for split, split_stats in stats.items():
-        _write(os.path.join(artifacts.split_dir(output_dir, split), "statistics.html"),
-               get_statistics_html(split_stats, lhs_name=split))
+        artifacts.write_text(
+            os.path.join(artifacts.split_dir(output_dir, split), "statistics.html"),
+            get_statistics_html(split_stats, lhs_name=split))
     if "train" in stats:
         for split in stats.keys() - {"train"}:
-            _write(os.path.join(output_dir, f"train_vs_{split}.html"),
+            artifacts.write_text(os.path.join(output_dir, f"train_vs_{split}.html"),
                    get_statistics_html(stats["train"], stats[split], lhs_name="train",
                                        rhs_name=split))
 
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)

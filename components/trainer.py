@@ -33,13 +33,13 @@ Workers of a multi-worker job run: python -m components.trainer --examples DIR [
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -69,7 +69,7 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     chief = _is_chief(strategy)
-    out = Path(output_dir) if chief and output_dir else Path(tempfile.mkdtemp(prefix="fer-worker-"))
+    out = output_dir if chief and output_dir else tempfile.mkdtemp(prefix="fer-worker-")
     try:
         summary = _train(examples_dir, out, config, ingest, strategy, distribution, chief,
                          base_model)
@@ -79,12 +79,12 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
             f"Run again: the pipeline checks the files of every step it reuses and makes damaged "
             f"ones anew.") from None
     finally:
-        if out != Path(output_dir or ""):
+        if out != output_dir:
             shutil.rmtree(out, ignore_errors=True)
     return summary
 
 
-def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str, chief: bool,
+def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, chief: bool,
            base_model: str | None) -> dict:
     files = {split: artifacts.example_files(examples_dir, split)
              for split in ("train", "eval")}
@@ -114,10 +114,10 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
         trainer_model.layers[-1], strategy, schedule,
         _statistics_images(files["train"], ingest, config, n_train), evaluation)
 
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    backup = out / "checkpoints" / "backup"
-    history_path = out / "history.csv"
-    best_weights = out / "checkpoints" / "best" / "weights"
+    artifacts.makedirs(artifacts.join(out, "checkpoints"))
+    backup = artifacts.join(out, "checkpoints", "backup")
+    history_path = artifacts.join(out, "history.csv")
+    best_weights = artifacts.join(out, "checkpoints", "best", "weights")
     initial_epoch = _resume_point(backup, history_path)
     if initial_epoch:
         print(f"Trainer: resuming after epoch {initial_epoch} from {backup}", flush=True)
@@ -126,27 +126,27 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
     # The backup comes last: history, best weights and learning rate are settled when it is taken.
     callbacks = [
         population,  # first: history records what it adds
-        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.ModelCheckpoint(
-            str(best_weights), monitor=monitor, save_best_only=True,
+            best_weights, monitor=monitor, save_best_only=True,
             save_weights_only=True, initial_value_threshold=float(best[monitor]) if best else None),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping["patience"]),
-        keras.callbacks.TensorBoard(str(out / "logs")),
-        keras.callbacks.BackupAndRestore(str(backup), save_freq="epoch"),
+        keras.callbacks.TensorBoard(artifacts.join(out, "logs")),
+        keras.callbacks.BackupAndRestore(backup, save_freq="epoch"),
     ]
     started = time.perf_counter()
     trainer_model.fit(train, validation_data=evaluation, epochs=config.epochs,
                       class_weight=class_weight, callbacks=callbacks, shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 2)
     seconds = time.perf_counter() - started
-    shutil.rmtree(backup, ignore_errors=True)  # fit finished: nothing left to resume
+    artifacts.remove(backup)  # fit finished: nothing left to resume
 
     history = _read_history(history_path)
     best = _best_row(history, monitor)
     if chief:
         model = _best_model(trainer_model, best_weights, config, ingest)
-        _export(model, out / "serving_model", ingest)
-        model.save(str(out / "model.keras"))
+        _export(model, artifacts.join(out, "serving_model"), ingest)
+        model.save(artifacts.join(out, "model.keras"))
     epochs_now = len(history) - initial_epoch
     summary = {
         "examples": str(examples_dir),
@@ -172,9 +172,9 @@ def _train(examples_dir, out: Path, config, ingest, strategy, distribution: str,
         "warm_start": warm_start,
         "train_images_per_second": round(
             epochs_now * counts["train"].sum() / seconds, 1) if epochs_now else None,
-        "serving_model": str(out / "serving_model"),
+        "serving_model": artifacts.join(out, "serving_model"),
     }
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    artifacts.write_text(artifacts.join(out, "training.json"), json.dumps(summary, indent=2))
     return summary
 
 
@@ -345,12 +345,12 @@ def _warm_start(cnn: keras.Model, base_model: str) -> dict:
     return {"base_model": str(base_model)}
 
 
-def _best_model(trained: keras.Model, best_weights: Path, config, ingest) -> keras.Model:
+def _best_model(trained: keras.Model, best_weights: str, config, ingest) -> keras.Model:
     """The best epoch's CNN, as a plain model outside any distribution strategy: what is
     exported. Without a best checkpoint (none improved on a resumed run's best), the last."""
     local = _trainer_model(config, ingest)
-    if tf.train.latest_checkpoint(str(best_weights.parent)):
-        local.load_weights(str(best_weights)).expect_partial()
+    if tf.train.latest_checkpoint(os.path.dirname(best_weights)):
+        local.load_weights(best_weights).expect_partial()
     else:
         local.set_weights(trained.get_weights())
     return local.layers[-1]
@@ -468,10 +468,10 @@ def _augmentation(config: TrainerConfig) -> keras.Sequential:
     return keras.Sequential(steps or [keras.layers.Identity()], name="augmentation")
 
 
-def _resume_point(backup: Path, history_path: Path) -> int:
+def _resume_point(backup: str, history_path: str) -> int:
     """Epochs finished before an interruption (read from the backup that fit will restore);
     history rows past that point are dropped."""
-    checkpoint = tf.train.latest_checkpoint(str(backup / "chief"))
+    checkpoint = tf.train.latest_checkpoint(artifacts.join(backup, "chief"))
     epoch = 1 + int(tf.train.load_variable(checkpoint, _SAVED_EPOCH)) if checkpoint else 0
     rows = _read_history(history_path)
     if len(rows) != epoch:
@@ -479,21 +479,21 @@ def _resume_point(backup: Path, history_path: Path) -> int:
     return epoch
 
 
-def _read_history(path: Path) -> list[dict]:
-    if not path.exists():
+def _read_history(path: str) -> list[dict]:
+    if not artifacts.exists(path):
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(artifacts.read_text(path))))
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
+def _write_history(path: str, rows: list[dict]) -> None:
     if not rows:
-        path.unlink(missing_ok=True)
+        artifacts.remove(path)
         return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    artifacts.write_text(path, text.getvalue())
 
 
 def _best_row(rows: list[dict], monitor: str) -> dict | None:
@@ -503,7 +503,7 @@ def _best_row(rows: list[dict], monitor: str) -> dict | None:
     return pick(rows, key=lambda r: float(r[monitor]))
 
 
-def _export(model: keras.Model, path: Path, ingest: IngestConfig) -> None:
+def _export(model: keras.Model, path: str, ingest: IngestConfig) -> None:
     """Write the serving SavedModel next to its final name, then rename it into place."""
     classes = tf.constant(ingest.classes)
     size, n = ingest.image_size, ingest.n_pixels
@@ -544,8 +544,8 @@ def _export(model: keras.Model, path: Path, ingest: IngestConfig) -> None:
             tf.TensorSpec([None], tf.string, name="pixels")),
     }
     partial = artifacts.staging_path(path)
-    shutil.rmtree(partial, ignore_errors=True)
-    tf.saved_model.save(module, str(partial), signatures=signatures)
+    artifacts.remove(partial)
+    tf.saved_model.save(module, partial, signatures=signatures)
     artifacts.publish(partial, path)
 
 
@@ -572,7 +572,7 @@ def main(argv=None) -> int:
     try:
         settings = resolve(args)
         trainer_config = settings.trainer.tuned(
-            json.loads(Path(args.hyperparameters).read_text())) if args.hyperparameters \
+            json.loads(artifacts.read_text(args.hyperparameters))) if args.hyperparameters \
             else settings.trainer
         summary = run(args.examples, args.output, trainer_config, settings.ingest,
                       args.distribution, base_model=args.base_model)

@@ -13,10 +13,9 @@ Output layout (output_dir):
 """
 import dataclasses
 import json
-import shutil
-from pathlib import Path
 
 from components import trainer
+from pipeline import artifacts
 from pipeline.config import IngestConfig, TrainerConfig, TunerConfig
 
 
@@ -26,7 +25,6 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = Path(output_dir)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.seed))
     done = []
@@ -34,10 +32,10 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
     def objective(trial: optuna.Trial) -> float:
         values = {name: _suggest(trial, name, spec) for name, spec in search.parameters.items()}
         print(f"Tuner: trial {trial.number + 1}/{trials}: {values}", flush=True)
-        folder = out / f"trial-{trial.number}"
-        summary = trainer.run(examples_dir, str(folder), dataclasses.replace(
+        folder = artifacts.join(output_dir, f"trial-{trial.number}")
+        summary = trainer.run(examples_dir, folder, dataclasses.replace(
             config.tuned(values), epochs=search.epochs_per_trial), ingest)
-        shutil.rmtree(folder)  # the trial's model is not used: its score is
+        artifacts.remove(folder)  # the trial's model is not used: its score is
         score = summary["best_eval"]["val_accuracy"]
         done.append({"number": trial.number, "values": values, "val_accuracy": score,
                      "best_epoch": summary["best_epoch"]})
@@ -46,8 +44,9 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
     study.optimize(objective, n_trials=trials)
     result = {"best_hyperparameters": study.best_trial.params, "best_value": study.best_value,
               "epochs_per_trial": search.epochs_per_trial, "trials": done}
-    (out / "trials.json").write_text(json.dumps(done, indent=2))
-    (out / "best_hyperparameters.json").write_text(json.dumps(study.best_trial.params, indent=2))
+    artifacts.write_text(artifacts.join(output_dir, "trials.json"), json.dumps(done, indent=2))
+    artifacts.write_text(artifacts.join(output_dir, "best_hyperparameters.json"),
+                         json.dumps(study.best_trial.params, indent=2))
     return result
 
 

@@ -1,16 +1,19 @@
-"""The on-disk layout of the pipeline root, in one place.
+"""The layout of the pipeline root, and the file operations every step uses, in one place.
 
     <root>/<Component>/<n>/                one folder per execution, never rewritten
     <root>/<Component>/<n>/_COMPLETE       written last: the folder counts only once it is there
     <examples>/Split-<split>/data-*.tfrecord.gz
 
-Whatever must appear whole (a trained model, a pushed version, the built-in data) is written
-under a hidden staging name beside its final name, flushed to disk file by file and folder by
-folder, and renamed into place in one step (publish).
+Paths are strings, local or any filesystem TensorFlow knows (gs://...), joined with `join`, never
+with pathlib (Path("gs://b/r") / "x" is "gs:/b/r/x"). Local folders get what a local disk allows:
+whatever must appear whole (a trained model, a pushed version, the built-in data) is written under
+a hidden staging name beside its final name, flushed file by file and folder by folder, and
+renamed into place in one step (publish). On object storage a rename is a copy and a delete, so
+nothing there counts by its name: an execution counts once its marker is written, a pushed
+version once its saved_model.pb is (copied last), as in TFX and TF Serving.
 """
 import contextlib
 import fcntl
-import glob
 import os
 import shutil
 import time
@@ -19,55 +22,167 @@ from pathlib import Path
 MARKER = "_COMPLETE"
 STAGING = ".partial-"
 EXAMPLES_SUFFIX = ".tfrecord.gz"
+SAVED_MODEL = "saved_model.pb"  # a SavedModel's graph: written last, it marks the model whole
+
+
+def remote(path: str | Path) -> bool:
+    """Whether the path is on object storage (a URI such as gs://bucket/...), not a local disk."""
+    return "://" in str(path)
+
+
+def join(*parts: str | Path) -> str:
+    return os.path.join(*map(str, parts))
+
+
+def absolute(path: str | Path) -> str:
+    return str(path) if remote(path) else str(Path(path).resolve())
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(path: str | Path) -> bool:
+    return _gfile().exists(str(path)) if remote(path) else os.path.exists(path)
+
+
+def is_dir(path: str | Path) -> bool:
+    return _gfile().isdir(str(path)) if remote(path) else os.path.isdir(path)
+
+
+def listdir(folder: str | Path) -> list[str]:
+    """The names in a folder (none if it is not there); object storage's "sub/" is "sub"."""
+    if not is_dir(folder):
+        return []
+    names = _gfile().listdir(str(folder)) if remote(folder) else os.listdir(folder)
+    return sorted({name.rstrip("/") for name in names} - {""})
+
+
+def makedirs(folder: str | Path) -> None:
+    if remote(folder):
+        _gfile().makedirs(str(folder))
+    else:
+        os.makedirs(folder, exist_ok=True)
+
+
+def read_text(path: str | Path) -> str:
+    with _gfile().GFile(str(path)) as f:
+        return f.read()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with _gfile().GFile(str(path), "w") as f:
+        f.write(text)
+
+
+def glob(pattern: str) -> list[str]:
+    return sorted(_gfile().glob(pattern))
+
+
+def files_under(folder: str | Path) -> list[str]:
+    """Every file below a folder, as sorted paths relative to it."""
+    folder = str(folder)
+    if not remote(folder):
+        return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+    found = []
+    for parent, _, names in _gfile().walk(folder):
+        found += [os.path.relpath(join(parent, name), folder) for name in names
+                  if not name.endswith("/")]
+    return sorted(found)
+
+
+def remove(path: str | Path) -> None:
+    """Remove a file, or a folder and what it holds, if it is there."""
+    if remote(path):
+        if is_dir(path):
+            _gfile().rmtree(str(path))
+        elif _gfile().exists(str(path)):
+            _gfile().remove(str(path))
+    elif os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def copy_tree(source: str | Path, target: str | Path, last: str | None = None) -> None:
+    """Copy a folder's files to another folder (on any filesystems), the file `last` after all
+    the others: whoever waits for it finds the rest there."""
+    local = not (remote(source) or remote(target))
+    for name in sorted(files_under(source), key=lambda n: n == last):
+        makedirs(os.path.dirname(join(target, name)))
+        if local:
+            shutil.copy2(join(source, name), join(target, name))
+        else:
+            _gfile().copy(join(source, name), join(target, name), overwrite=True)
 
 
 def split_dir(folder: str | Path, split: str) -> str:
     """The folder of one split inside an Examples (or statistics, anomalies) output."""
-    return os.path.join(folder, f"Split-{split}")
+    return join(folder, f"Split-{split}")
 
 
 def examples_pattern(examples_dir: str | Path, split: str) -> str:
     """The glob of a split's TFRecord files (gzip-compressed tf.Examples)."""
-    return os.path.join(split_dir(examples_dir, split), "*" + EXAMPLES_SUFFIX)
+    return join(split_dir(examples_dir, split), "*" + EXAMPLES_SUFFIX)
 
 
 def example_files(examples_dir: str | Path, split: str) -> list[str]:
-    return sorted(glob.glob(examples_pattern(examples_dir, split)))
+    return glob(examples_pattern(examples_dir, split))
 
 
-def new_execution_dir(root: Path, component: str) -> Path:
+def new_execution_dir(root: str, component: str) -> str:
     """A fresh <root>/<component>/<n>: numbered executions are never rewritten."""
-    parent = root / component
-    parent.mkdir(parents=True, exist_ok=True)
-    n = max((int(p.name) for p in parent.iterdir() if p.name.isdigit()), default=0)
+    parent = join(root, component)
+    makedirs(parent)
+    n = max((int(name) for name in listdir(parent) if name.isdigit()), default=0)
     while True:
         n += 1
         try:
-            (parent / str(n)).mkdir()
-            return parent / str(n)
+            if remote(parent):  # one run holds the root: nothing else numbers its executions
+                makedirs(join(parent, n))
+            else:
+                os.mkdir(join(parent, n))
+            return join(parent, n)
         except FileExistsError:
             continue
 
 
 def is_complete(folder: str | Path) -> bool:
-    return (Path(folder) / MARKER).exists()
+    return exists(join(folder, MARKER))
 
 
 def mark_complete(folder: str | Path) -> None:
     """Write the marker once the folder's data is on disk, so it is also last there."""
+    if remote(folder):
+        write_text(join(folder, MARKER), "")
+        return
     flush(Path(folder))
     (Path(folder) / MARKER).touch()
     flush(Path(folder), recursive=False)
 
 
-def staging_path(final: Path) -> Path:
+def staging_path(final: str | Path) -> str:
     """Where `final` is written before it is published: hidden, beside it."""
-    return final.with_name(STAGING + final.name)
+    parent, name = os.path.split(str(final).rstrip("/"))
+    return join(parent, STAGING + name)
 
 
-def publish(staged: Path, final: Path) -> None:
-    """Rename a finished file or folder into place, its data already on disk. A folder of that
-    name is replaced; a caller that must never replace one chooses a free name first."""
+def publish(staged: str | Path, final: str | Path) -> None:
+    """Move a finished file or folder into place, its data already written. A folder of that
+    name is replaced; a caller that must never replace one chooses a free name first. Locally
+    one rename; to or on object storage a copy (a folder's files one by one, saved_model.pb
+    last), which counts only once whatever marks it complete is there."""
+    if remote(final) or remote(staged):
+        remove(final)
+        if is_dir(staged):
+            copy_tree(staged, final, last=SAVED_MODEL)
+        else:
+            _gfile().copy(str(staged), str(final), overwrite=True)
+        remove(staged)
+        return
+    staged, final = Path(staged), Path(final)
     flush(staged)
     if final.is_dir() and staged.is_dir():
         shutil.rmtree(final)

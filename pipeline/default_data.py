@@ -12,7 +12,9 @@ FER2013 (schemas/default_data.json). The same seed gives the same bytes.
 """
 import argparse
 import gzip
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +57,13 @@ def generate(rows: int, seed: int):
         yield label, np.clip(np.rint(small * 255), 0, 255).astype(np.uint8), usage
 
 
-def write_csv(path: str | Path, rows: int, seed: int) -> Path:
-    """Write a FER2013-format CSV (gzip if the name ends in .gz); atomically, via a temp name."""
+def write_csv(path: str | Path, rows: int, seed: int) -> str | Path:
+    """Write a FER2013-format CSV (gzip if the name ends in .gz); atomically, via a temp name
+    (on a local disk even when the CSV goes to object storage)."""
+    if artifacts.remote(path):
+        with tempfile.TemporaryDirectory() as local:
+            artifacts.publish(write_csv(Path(local, os.path.basename(path)), rows, seed), path)
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = artifacts.staging_path(path)

@@ -9,8 +9,8 @@ files with their sha256.
 """
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from pipeline.errors import IntegrityError, UserError, report_error
 
@@ -26,31 +26,32 @@ def main(argv=None) -> int:
                         help="the shared metadata database the runs used (as for pipeline.run)")
     args = parser.parse_args(argv)
     try:
-        print("\n".join(lineage(Path(args.pipeline_root), Path(args.serving_dir),
+        print("\n".join(lineage(args.pipeline_root, args.serving_dir,
                                 args.model_name, args.version, args.metadata_config)))
     except (UserError, IntegrityError) as e:
         return report_error(e)
     return 0
 
 
-def lineage(root: Path, serving_dir: Path, model_name: str, version: int | None,
+def lineage(root: str, serving_dir: str, model_name: str, version: int | None,
             metadata_config: str | None = None) -> list[str]:
     from ml_metadata.proto import metadata_store_pb2 as mlmd
 
-    from pipeline import metadata, serving
+    from pipeline import artifacts, metadata, serving
 
-    connection = metadata.store_connection(root.resolve(), metadata_config)
-    if not connection.shared and not (root / "metadata.sqlite").exists():
+    root = artifacts.absolute(root)
+    connection = metadata.store_connection(root, metadata_config)
+    if not os.path.exists(connection.config.sqlite.filename_uri or "/"):
         raise UserError(f"{root} has no metadata.sqlite: it is not a pipeline root that ran "
                         f"(or its runs kept their metadata in a database: pass "
                         f"--metadata-config).")
-    target = (serving_dir / model_name / str(version)) if version else serving.latest(
+    target = artifacts.join(serving_dir, model_name, version) if version else serving.latest(
         serving_dir, model_name)
-    if target is None or not target.exists():
+    if target is None or not artifacts.exists(target):
         raise UserError(f"No version {version or ''} of model {model_name!r} in {serving_dir}.")
     store = metadata.Store.read_only(root, connection)
     pushed = [a for a in store.get_artifacts_by_type("PushedModel")
-              if Path(a.uri).resolve() == target.resolve()]
+              if artifacts.absolute(a.uri) == artifacts.absolute(target)]
     if not pushed:
         raise UserError(f"{target} was not pushed by a run with pipeline root {root}; pass the "
                         f"root of the run that pushed it.")

@@ -87,19 +87,28 @@ def file_fingerprints(data: str | list[str]) -> dict[str, str]:
     return prints
 
 
-def tree_fingerprint(folder: Path) -> str | None:
+def tree_fingerprint(folder: str | Path | None) -> str | None:
     """Content hash of a folder (a SavedModel, an execution's output, its completion marker
     aside): the same model under another path is the same."""
-    if not folder or not Path(folder).is_dir():
+    if not folder or not artifacts.is_dir(folder):
         return None
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*")
-                       if p.is_file() and p != Path(folder) / artifacts.MARKER):
-        digest.update(str(path.relative_to(folder)).encode())
-        with open(path, "rb") as f:
+    for name in artifacts.files_under(folder):
+        if name == artifacts.MARKER:
+            continue
+        digest.update(name.encode())
+        with _open(artifacts.join(folder, name)) as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _open(path: str):
+    if artifacts.remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
 
 
 class Connection(typing.NamedTuple):
@@ -112,13 +121,21 @@ class Connection(typing.NamedTuple):
         return self.config.HasField("mysql")
 
 
-def store_connection(root: Path, config_file: str | None = None) -> Connection:
-    """<root>/metadata.sqlite, or the store a --metadata-config file names: ML Metadata's
-    ConnectionConfig as JSON, {"mysql": {"host", "port", "database", "user", "password"}}, the
-    password there or in $FER_METADATA_PASSWORD, and optionally "lease_seconds" (default 60)."""
+def store_connection(root: str | Path, config_file: str | None = None) -> Connection:
+    """<root>/metadata.sqlite for a local root, or the store a --metadata-config file names: ML
+    Metadata's ConnectionConfig as JSON, {"mysql": {"host", "port", "database", "user",
+    "password"}} (the password there or in $FER_METADATA_PASSWORD) or {"sqlite": {"filename_uri":
+    a local file}}, and optionally "lease_seconds" (default 60)."""
     if not config_file:
+        if artifacts.remote(root):
+            raise UserError(
+                f"The pipeline root {root} is on object storage, where ML Metadata's SQLite file "
+                f"cannot live. Pass --metadata-config with a file naming a MySQL database "
+                f"({{\"mysql\": {{\"host\": ..., \"port\": 3306, \"database\": ..., "
+                f"\"user\": ..., \"password\": ...}}}}) or a local SQLite file ({{\"sqlite\": "
+                f"{{\"filename_uri\": \"/var/lib/fer/metadata.sqlite\"}}}}).")
         config = mlmd.ConnectionConfig()
-        config.sqlite.filename_uri = str(root / "metadata.sqlite")
+        config.sqlite.filename_uri = artifacts.join(root, "metadata.sqlite")
         return Connection(config, config.sqlite.filename_uri, 0)
     from google.protobuf import json_format
 
@@ -128,15 +145,21 @@ def store_connection(root: Path, config_file: str | None = None) -> Connection:
     lease = spec.pop("lease_seconds", 60) if isinstance(spec, dict) else None
     try:
         config = json_format.ParseDict(spec, mlmd.ConnectionConfig())
-        if not config.HasField("mysql") or not isinstance(lease, (int, float)) or lease <= 0:
-            raise json_format.ParseError("it needs a \"mysql\" entry, and \"lease_seconds\" "
-                                         "is a number of seconds above 0")
+        if not (config.HasField("mysql") or config.sqlite.filename_uri) or not isinstance(
+                lease, (int, float)) or lease <= 0:
+            raise json_format.ParseError("it needs a \"mysql\" or a \"sqlite\" entry, and "
+                                         "\"lease_seconds\" is a number of seconds above 0")
     except json_format.ParseError as e:
         raise UserError(
             f"Metadata config {config_file} is not an ML Metadata connection ({e}). Write "
             f"{{\"mysql\": {{\"host\": \"db.example\", \"port\": 3306, \"database\": "
             f"\"fer\", \"user\": \"fer\", \"password\": \"...\"}}}}, or leave the flag out "
             f"for the SQLite store in the pipeline root.") from None
+    if not config.HasField("mysql"):
+        path = str(Path(config.sqlite.filename_uri).resolve())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        config.sqlite.filename_uri = path
+        return Connection(config, path, 0)
     mysql = config.mysql
     if not mysql.password and os.environ.get("FER_METADATA_PASSWORD"):
         mysql.password = os.environ["FER_METADATA_PASSWORD"]
@@ -179,12 +202,12 @@ def _connect_error(connection: Connection, e: RuntimeError) -> Exception:
 
 
 @contextlib.contextmanager
-def exclusive(root: Path, connection: Connection):
-    """Hold the root for one run, or raise artifacts.Busy: a lock file beside a store in the root;
+def exclusive(root: str, connection: Connection):
+    """Hold the root for one run, or raise artifacts.Busy: a lock file beside a SQLite store;
     a lease in a shared store's database (machines share no lock file). Yields the lease
     (None for the lock file)."""
-    if not connection.shared:
-        with artifacts.lock(root / ".lock", wait=False):
+    if not connection.shared:  # beside the SQLite file: <root>/.lock by default
+        with artifacts.lock(Path(connection.where).parent / ".lock", wait=False):
             yield None
         return
     lease = Lease(connection, str(root))
@@ -298,7 +321,7 @@ def _put_type(store, kind: str, name: str) -> int:
 class Store:
     """The pipeline root's ML Metadata store, and the run (context) now using it."""
 
-    def __init__(self, root: Path, connection: Connection | None = None,
+    def __init__(self, root: str | Path, connection: Connection | None = None,
                  lease: Lease | None = None):
         connection = connection or store_connection(root)
         self.store, self.lease, self._types = _connect(connection), lease, {}
@@ -308,7 +331,7 @@ class Store:
         self.pipeline = self._context("Pipeline", str(root), adopt=not connection.shared)
 
     @staticmethod
-    def read_only(root: Path, connection: Connection | None = None
+    def read_only(root: str | Path, connection: Connection | None = None
                   ) -> metadata_store.MetadataStore:
         """The bare store, for questions (pipeline.lineage); no run is recorded."""
         return _connect(connection or store_connection(root), read_only=True)
@@ -342,7 +365,7 @@ class Store:
         """(execution, folder, result, artifact) of each finished execution with this fingerprint
         whose output is still live, newest first."""
         for e in self._executions(component, print_):
-            folder = Path(e.custom_properties["folder"].string_value)
+            folder = e.custom_properties["folder"].string_value
             if e.last_known_state == mlmd.Execution.COMPLETE and artifacts.is_complete(folder):
                 [artifact] = self.store.get_artifacts_by_id([self.output_of(e)])
                 if artifact.state == mlmd.Artifact.LIVE:
@@ -350,7 +373,7 @@ class Store:
                            artifact)
 
     @staticmethod
-    def intact(folder: Path, artifact: mlmd.Artifact) -> bool:
+    def intact(folder: str, artifact: mlmd.Artifact) -> bool:
         """Whether the folder holds exactly the bytes it held when its execution finished."""
         recorded = artifact.custom_properties.get("content")
         return recorded is None or recorded.string_value == tree_fingerprint(folder)
@@ -370,7 +393,7 @@ class Store:
             folder = e.custom_properties["folder"].string_value
             if e.last_known_state == mlmd.Execution.COMPLETE and not artifacts.is_complete(folder):
                 [artifact] = self.store.get_artifacts_by_id([self.output_of(e)])
-                if Path(folder).is_dir() and self.intact(Path(folder), artifact):
+                if artifacts.is_dir(folder) and self.intact(folder, artifact):
                     artifacts.mark_complete(folder)
         stale = [e for e in executions if e.last_known_state == mlmd.Execution.RUNNING]
         for e in stale:
@@ -380,17 +403,17 @@ class Store:
             self.store.put_executions(stale)
         return [e.id for e in stale]
 
-    def unfinished(self, component: str, print_: str) -> Path | None:
+    def unfinished(self, component: str, print_: str) -> str | None:
         """The folder of an execution with this fingerprint that never finished (killed)."""
         for e in self._executions(component, print_):
-            folder = Path(e.custom_properties["folder"].string_value)
-            if e.last_known_state != mlmd.Execution.COMPLETE and folder.is_dir() and not (
+            folder = e.custom_properties["folder"].string_value
+            if e.last_known_state != mlmd.Execution.COMPLETE and artifacts.is_dir(folder) and not (
                     artifacts.is_complete(folder)):
                 return folder
         return None
 
     def start(self, component: str, print_: str, parameters: dict, inputs: list[int],
-              folder: Path, code: str) -> mlmd.Execution:
+              folder: str, code: str) -> mlmd.Execution:
         if self.lease and self.lease.lost:
             raise IntegrityError(
                 f"This run lost its hold on the pipeline root: its lease in the metadata "
@@ -440,14 +463,14 @@ class Store:
 
     def pushed(self, path: str) -> bool:
         """Whether a finished Pusher of this root recorded pushing to `path`."""
-        return any(a.uri and Path(a.uri).resolve() == Path(path).resolve()
+        return any(a.uri and artifacts.absolute(a.uri) == artifacts.absolute(path)
                    for a in self.store.get_artifacts_by_type("PushedModel"))
 
-    def model(self, path: Path, content: str) -> int:
+    def model(self, path: str, content: str) -> int:
         """The artifact of a serving model: the PushedModel that put it there, or else a record
         of the model found there (pushed by another root, or by hand)."""
         for a in self.store.get_artifacts_by_type("PushedModel"):
-            if a.uri and Path(a.uri).resolve() == Path(path).resolve():
+            if a.uri and artifacts.absolute(a.uri) == artifacts.absolute(path):
                 return a.id
         type_id = self._type("artifact", "ServingModel")
         for a in self.store.get_artifacts_by_type("ServingModel"):

@@ -4,7 +4,7 @@ import base64
 import csv
 import html
 import io
-from pathlib import Path
+import os
 
 import matplotlib
 
@@ -12,15 +12,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 import numpy as np  # noqa: E402
 
+from pipeline import artifacts  # noqa: E402
 
-def write(path: Path, evaluation: dict, history_csv: Path, statistics_html: Path,
-          pushed: dict, training: dict) -> Path:
+
+def write(path: str, evaluation: dict, history_csv: str, statistics_html: str,
+          pushed: dict, training: dict) -> str:
+    """The page, at `path` (local or object storage); its links are relative, so the pipeline
+    root can be moved or copied whole."""
     classes = evaluation["classes"]
     metrics = evaluation["metrics"]["candidate"]
     verdict = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
     outcome = (f"pushed as version {pushed['version']}: {pushed['path']}" if pushed["pushed"]
                else "not pushed; the serving model is unchanged")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in evaluation["reasons"])
+    link = os.path.relpath(statistics_html, os.path.dirname(path))
     figures = [_confusion(evaluation["confusion_matrix"], classes),
                _per_class(evaluation, classes), _curves(history_csv)]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FER run: {verdict}</title>
@@ -36,10 +41,10 @@ Compared with {html.escape(evaluation['baseline'] or 'no serving model (first pu
 <tr><td>macro-averaged accuracy</td><td>{metrics['macro_accuracy']:.3f}</td></tr>
 {_training_rows(training)}</table>
 {''.join(f'<p><img src="data:image/png;base64,{f}"></p>' for f in figures if f)}
-<p>Data statistics (TFDV): <a href="{statistics_html.as_uri()}">{html.escape(str(statistics_html))}</a></p>
+<p>Data statistics (TFDV): <a href="{html.escape(link)}">{html.escape(link)}</a></p>
 </body></html>"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
+    artifacts.makedirs(os.path.dirname(path))
+    artifacts.write_text(path, page)
     return path
 
 
@@ -102,11 +107,10 @@ def _per_class(evaluation, classes) -> str:
     return _png(figure)
 
 
-def _curves(history_csv: Path) -> str | None:
-    if not history_csv.exists():
+def _curves(history_csv: str) -> str | None:
+    if not artifacts.exists(history_csv):
         return None
-    with open(history_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(artifacts.read_text(history_csv))))
     if not rows:
         return None
     epochs = [int(r["epoch"]) + 1 for r in rows]

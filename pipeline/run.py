@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import typing
-from pathlib import Path
 
 from pipeline import artifacts, config
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
@@ -132,9 +131,9 @@ def check_beam_args(beam_args) -> None:
 
 def run(args, beam_args) -> None:
     settings = config.resolve(args)  # every config file and flag checked before any work
-    root = Path(args.pipeline_root).resolve()
+    root = artifacts.absolute(args.pipeline_root)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        artifacts.makedirs(root)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"The pipeline root {root} cannot be a folder: a file of that name (or "
                         f"above it) is in the way. Pass another --pipeline-root.") from None
@@ -194,7 +193,7 @@ def steps() -> tuple[Step, ...]:
                                    "baseline_content": r.baseline_content}),
         Step("Pusher", ("Trainer", "Evaluator"), _push, _say_push,
              effect=lambda result: result.get("path", ""),
-             parameters=lambda r: {"serving_dir": str(Path(r.args.serving_dir).resolve()),
+             parameters=lambda r: {"serving_dir": artifacts.absolute(r.args.serving_dir),
                                    "model_name": r.settings.evaluation.model_name}),
     )
 
@@ -211,7 +210,7 @@ class Run:
     """One run of the pipeline over a root: runs the steps as recorded, cached executions
     (pipeline.metadata), and holds their outputs for the steps after them."""
 
-    def __init__(self, args, beam_args, settings, root: Path, store):
+    def __init__(self, args, beam_args, settings, root: str, store):
         from pipeline import metadata
 
         self.args, self.beam_args, self.settings, self.root = args, beam_args, settings, root
@@ -263,7 +262,7 @@ class Run:
                 continue
             self.store.associate(execution)
             print(f"{step.name}: reusing {folder} (same inputs, parameters and code)")
-            return self._keep(step, Output(str(folder), result, artifact.id, print_, True))
+            return self._keep(step, Output(folder, result, artifact.id, print_, True))
         folder = self.store.unfinished(step.name, print_) if step.resumable else None
         if folder:
             print(f"{step.name}: continuing the unfinished execution {folder}")
@@ -272,22 +271,22 @@ class Run:
         execution = self.store.start(step.name, print_, parameters, [a for a, _ in inputs],
                                      folder, self.code)
         try:
-            result = json.loads(json.dumps(step.body(self, str(folder)), default=str))
+            result = json.loads(json.dumps(step.body(self, folder), default=str))
         except BaseException as e:
             try:
                 self.store.fail(execution, f"{type(e).__name__}: {e}")
                 for output in upstream:  # a failure may come from damaged inputs: retire them
                     [artifact] = self.store.store.get_artifacts_by_id([output.artifact])
-                    if not self.store.intact(Path(output.folder), artifact):
+                    if not self.store.intact(output.folder, artifact):
                         self.store.retire(artifact, "its files changed after it finished")
             except Exception:  # a full disk refuses this record too; the next run marks it FAILED
                 pass
             raise
         artifact = self.store.finish(
-            execution, step.name, step.effect(result) if step.effect else str(folder), result,
+            execution, step.name, step.effect(result) if step.effect else folder, result,
             content=metadata.tree_fingerprint(folder))
         artifacts.mark_complete(folder)  # last: the folder counts once this is there
-        return self._keep(step, Output(str(folder), result, artifact, print_, False))
+        return self._keep(step, Output(folder, result, artifact, print_, False))
 
     def _keep(self, step: Step, output: Output) -> Output:
         self.outputs[step.name] = output
@@ -298,7 +297,7 @@ class Run:
     @functools.cached_property
     def data(self) -> str | list[str]:
         args = self.args
-        return _newest_spans(args.data, args.spans) if args.data else str(_default_data(self.root))
+        return _newest_spans(args.data, args.spans) if args.data else _default_data(self.root)
 
     @functools.cached_property
     def data_files(self) -> dict[str, str]:
@@ -324,7 +323,7 @@ class Run:
         return self.settings.trainer.tuned(self.result("Tuner")["best_hyperparameters"])
 
     @functools.cached_property
-    def baseline(self) -> Path | None:
+    def baseline(self) -> str | None:
         from pipeline import serving
 
         return serving.latest(self.args.serving_dir, self.settings.evaluation.model_name)
@@ -336,14 +335,14 @@ class Run:
         return metadata.tree_fingerprint(self.baseline)
 
     @functools.cached_property
-    def base_model(self) -> Path | None:
+    def base_model(self) -> str | None:
         """The serving model the Trainer starts from, unless --from-scratch or it cannot be
         read (then the Evaluator, comparing with it, says more if it cannot be served either)."""
         from components import trainer
 
         if self.args.from_scratch or not self.baseline:
             return None
-        problem = trainer.base_model_problem(str(self.baseline), self.settings.ingest)
+        problem = trainer.base_model_problem(self.baseline, self.settings.ingest)
         if problem:
             print(f"Trainer: cannot start from the serving model {self.baseline} ({problem}); "
                   f"training from scratch")
@@ -402,7 +401,7 @@ def _say_schema(run: Run, output: Output) -> str:
     source = (f"the curated {config.CURATED_SCHEMA}" if is_curated
               else "the schema TFDV inferred (no curated schemas/schema.pbtxt yet)")
     return (f"SchemaGen: validating against {source}; inferred for review: "
-            f"{Path(schema_path).parent / 'inferred_schema.pbtxt'}")
+            f"{artifacts.join(os.path.dirname(schema_path), 'inferred_schema.pbtxt')}")
 
 
 def _validate(run: Run, out: str) -> list:
@@ -447,7 +446,7 @@ def _train(run: Run, out: str) -> dict:
     if run.args.distribution == "multi_worker":
         print(f"Trainer: each other worker runs {_worker_command(run)}", flush=True)
     return trainer.run(run.folder("ExampleGen"), out, run.trainer_config, run.settings.ingest,
-                       run.args.distribution, base_model=run.base_model and str(run.base_model))
+                       run.args.distribution, base_model=run.base_model)
 
 
 def _worker_command(run: Run) -> str:
@@ -480,7 +479,7 @@ def _nothing_new(run: Run) -> str | None:
 
     trained = run.outputs["Trainer"]
     if trained.cached and run.baseline and run.store.pushed(str(run.baseline)) and (
-            metadata.tree_fingerprint(Path(trained.result["serving_model"]))
+            metadata.tree_fingerprint(trained.result["serving_model"])
             == run.baseline_content):
         return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
                 f"model already serves as {run.baseline}.")
@@ -492,7 +491,7 @@ def _evaluate(run: Run, out: str) -> dict:
 
     return evaluator.run(run.result("Trainer")["serving_model"], run.folder("ExampleGen"), out,
                          run.settings.evaluation, run.settings.ingest.classes,
-                         run.baseline and str(run.baseline), run.beam_args)
+                         run.baseline, run.beam_args)
 
 
 def _say_evaluation(run: Run, output: Output) -> str:
@@ -519,9 +518,10 @@ def _say_push(run: Run, output: Output) -> str:
 
     pushed, trained = output.result, run.outputs["Trainer"]
     page = report.write(
-        run.root / "reports" / f"{Path(run.folder('Evaluator')).name}.html",
-        run.result("Evaluator"), Path(trained.folder) / "history.csv",
-        Path(artifacts.split_dir(run.folder("StatisticsGen"), "train"), "statistics.html"),
+        artifacts.join(run.root, "reports", f"{os.path.basename(run.folder('Evaluator'))}.html"),
+        run.result("Evaluator"), artifacts.join(trained.folder, "history.csv"),
+        artifacts.join(artifacts.split_dir(run.folder("StatisticsGen"), "train"),
+                       "statistics.html"),
         pushed, trained.result)
     if pushed["pushed"]:
         line = f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
@@ -532,16 +532,16 @@ def _say_push(run: Run, output: Output) -> str:
     return f"{line}\nReport: {page}"
 
 
-def _previous_validated_statistics(root: Path, split: str, now: str) -> str | None:
+def _previous_validated_statistics(root: str, split: str, now: str) -> str | None:
     """The statistics of `split` that the newest successful ExampleValidator approved, other than
     this run's own (a reused StatisticsGen execution)."""
-    runs = sorted((p for p in (root / "ExampleValidator").glob("*") if p.name.isdigit()),
-                  key=lambda p: int(p.name), reverse=True)
-    for run_dir in runs:
-        report = run_dir / "anomalies.json"
-        if artifacts.is_complete(run_dir) and report.exists():
-            path = json.loads(report.read_text())["statistics"].get(split)
-            if path and Path(path).exists() and path != now:
+    validators = artifacts.join(root, "ExampleValidator")
+    runs = sorted((int(n) for n in artifacts.listdir(validators) if n.isdigit()), reverse=True)
+    for run_dir in (artifacts.join(validators, n) for n in runs):
+        report = artifacts.join(run_dir, "anomalies.json")
+        if artifacts.is_complete(run_dir) and artifacts.exists(report):
+            path = json.loads(artifacts.read_text(report))["statistics"].get(split)
+            if path and artifacts.exists(path) and path != now:
                 return path
     return None
 
@@ -553,25 +553,25 @@ def _newest_spans(data: str, window: int) -> str | list[str]:
 
     if window < 1:
         raise UserError(f"--spans must be 1 or more (got {window}).")
-    if not Path(data).is_dir():
+    if "*" in data or "?" in data or not artifacts.is_dir(data):
         return data
-    spans = sorted(p for p in Path(data).iterdir()
-                   if p.is_dir() and re.fullmatch(r"span-\d{8}", p.name))
+    spans = [name for name in artifacts.listdir(data) if re.fullmatch(r"span-\d{8}", name)
+             and artifacts.is_dir(artifacts.join(data, name))]
     if not spans:
         return data
     chosen = spans[-window:]
-    print(f"Spans: {', '.join(p.name for p in chosen)} (the newest {len(chosen)} of "
-          f"{len(spans)} in {data})")
-    return [str(p) for p in chosen]
+    print(f"Spans: {', '.join(chosen)} (the newest {len(chosen)} of {len(spans)} in {data})")
+    return [artifacts.join(data, name) for name in chosen]
 
 
-def _default_data(root: Path) -> Path:
+def _default_data(root: str) -> str:
     from pipeline import default_data
     from pipeline.config import load_json
 
     spec = load_json("default_data.json")
-    path = root / "default_data" / f"synthetic_faces_{spec['rows']}_seed{spec['seed']}.csv"
-    if not path.exists():
+    path = artifacts.join(root, "default_data",
+                          f"synthetic_faces_{spec['rows']}_seed{spec['seed']}.csv")
+    if not artifacts.exists(path):
         print(f"No --data given: drawing {spec['rows']:,} synthetic faces (seed {spec['seed']}) "
               f"into {path}")
         default_data.write_csv(path, spec["rows"], spec["seed"])

@@ -1,27 +1,27 @@
 """The serving directory as TF Serving lays it out: <serving_dir>/<model_name>/<version>/."""
 import re
-from pathlib import Path
 
+from pipeline import artifacts
 from pipeline.errors import UserError
 
 _VERSION = re.compile(r"[0-9]{1,18}")  # what TF Serving reads as a version; "١" is not one
 
 
-def versions(model_root: Path) -> list[int]:
-    """Complete versions only: a folder named by an integer that holds saved_model.pb."""
-    if not model_root.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_root.iterdir()
-                  if _VERSION.fullmatch(p.name) and (p / "saved_model.pb").is_file())
+def versions(model_root: str) -> list[int]:
+    """Complete versions only: a folder named by an integer that holds saved_model.pb (written
+    last, so on object storage too a version counts only once it is whole)."""
+    return sorted(int(name) for name in artifacts.listdir(model_root)
+                  if _VERSION.fullmatch(name)
+                  and artifacts.exists(artifacts.join(model_root, name, artifacts.SAVED_MODEL)))
 
 
-def latest(serving_dir: str | Path, model_name: str) -> Path | None:
+def latest(serving_dir: str, model_name: str) -> str | None:
     """The model now serving: the newest complete version, or None before the first push."""
-    found = versions(Path(serving_dir) / model_name)
-    return Path(serving_dir) / model_name / str(found[-1]) if found else None
+    found = versions(artifacts.join(serving_dir, model_name))
+    return artifacts.join(serving_dir, model_name, found[-1]) if found else None
 
 
-def load(model_dir: str | Path):
+def load(model_dir: str):
     """The SavedModel, checked to have this pipeline's serving_default signature; or a UserError
     that says plainly why not (TFMA would fail deep inside Beam, predict with a traceback)."""
     import tensorflow as tf

@@ -155,7 +155,7 @@ def test_pusher_versions_are_atomic_increasing_never_overwritten_nor_repeated(tm
     assert pusher.run(other, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 2
     assert (serving_dir / "fer" / "1" / "saved_model.pb").stat().st_mtime_ns == first
     assert sorted(p.name for p in (serving_dir / "fer").iterdir()) == [".lock", "1", "2", "7"]
-    assert serving.latest(serving_dir, "fer") == serving_dir / "fer" / "2"
+    assert serving.latest(serving_dir, "fer") == str(serving_dir / "fer" / "2")
     loaded = tf.saved_model.load(str(serving_dir / "fer" / "2"))
     assert "serving_default" in loaded.signatures
 
@@ -243,13 +243,13 @@ def test_report_shows_blessing_reasons_and_plots(tmp_path):
     history.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.2,2,0.3,1.9\n1,0.5,1,0.6,1\n")
     training = {"best_epoch": 2, "epochs_run": 2, "warm_start": {"base_model": "serving/fer/1"},
                 "batch_norm_gap": {"inference_mode": 0.6, "training_mode": 0.62, "gap": 0.02}}
-    page = report.write(tmp_path / "r.html", evaluation, history, tmp_path / "stats.html",
-                        {"pushed": False}, training)
-    text = page.read_text()
+    page = report.write(str(tmp_path / "reports" / "r.html"), evaluation, str(history),
+                        str(tmp_path / "Split-train" / "stats.html"), {"pushed": False}, training)
+    text = open(page).read()
     assert "NOT BLESSED" in text and "accuracy of class Fear is 0.250" in text
     assert "started from</td><td>serving/fer/1" in text and "0.600 / 0.620 (gap +0.020)" in text
     assert text.count("data:image/png;base64,") == 3  # confusion, per class, curves
-    assert (tmp_path / "stats.html").as_uri() in text
+    assert 'href="../Split-train/stats.html"' in text  # relative: the root can be moved
 
 
 @pytest.mark.slow  # whole runs

@@ -117,8 +117,8 @@ def test_an_unreachable_database_or_a_bad_file_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"Cannot open the metadata database "
                                         r"mysql://u@127.0.0.1:1/x .*server is up"):
         metadata.Store(tmp_path, metadata.store_connection(tmp_path, str(config)))
-    config.write_text(json.dumps({"sqlite": {"filename_uri": "x"}}))
-    with pytest.raises(UserError, match="needs a \"mysql\" entry"):
+    config.write_text(json.dumps({}))
+    with pytest.raises(UserError, match="needs a \"mysql\" or a \"sqlite\" entry"):
         metadata.store_connection(tmp_path, str(config))
     with pytest.raises(UserError, match="does not exist. Pass an existing file"):
         metadata.store_connection(tmp_path, str(tmp_path / "missing.json"))
