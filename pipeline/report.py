@@ -15,33 +15,42 @@ import numpy as np  # noqa: E402
 from pipeline import artifacts  # noqa: E402
 
 
-def write(path: str, evaluation: dict, history_csv: str, statistics_html: str,
-          pushed: dict, training: dict) -> str:
+def write(path: str, evaluation: dict, history_csv: str, data_page: str,
+          pushed: dict, training: dict, examples_dir: str | None = None) -> str:
     """The page, at `path` (local or object storage); its links are relative, so the pipeline
-    root can be moved or copied whole."""
+    root can be moved or copied whole. With examples_dir: the faces the model got most wrong."""
     classes = evaluation["classes"]
-    metrics = evaluation["metrics"]["candidate"]
+    metrics = evaluation["metrics"]
     verdict = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
     outcome = (f"pushed as version {pushed['version']}: {pushed['path']}" if pushed["pushed"]
                else "not pushed; the serving model is unchanged")
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in evaluation["reasons"])
-    link = os.path.relpath(statistics_html, os.path.dirname(path))
-    figures = [_confusion(evaluation["confusion_matrix"], classes),
-               _per_class(evaluation, classes), _curves(history_csv)]
+    link = os.path.relpath(data_page, os.path.dirname(path))
+    figures = [("Confusion matrix", _confusion(evaluation["confusion_matrix"], classes)),
+               ("Per-class accuracy", _per_class(evaluation, classes)),
+               ("Training", _curves(history_csv, training.get("best_epoch"))),
+               (f"Most confident mistakes on the {evaluation['split']} split",
+                _mistakes(evaluation, examples_dir) if examples_dir else None)]
+    models = ["candidate", *(["baseline"] if "baseline" in metrics else [])]
+    header = "".join(f"<th>{'this model' if m == 'candidate' else 'serving model'}</th>"
+                     for m in models)
+    numbers = "".join(
+        f"<tr><td>{label}</td>" + "".join(f"<td>{metrics[m][key]:.3f}</td>" for m in models)
+        + "</tr>" for key, label in (("accuracy", "overall accuracy"),
+                                     ("macro_accuracy", "macro-averaged accuracy")))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FER run: {verdict}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
-.ok{{color:#1a7f37}}.no{{color:#c0392b}}img{{max-width:100%}}td{{padding:2px 10px}}</style>
+.ok{{color:#1a7f37}}.no{{color:#c0392b}}img{{max-width:100%}}td,th{{padding:2px 10px}}
+th{{text-align:left}}</style>
 </head><body>
 <h1 class="{'ok' if evaluation['blessed'] else 'no'}">{verdict}</h1>
 <p>Model {html.escape(evaluation['model'])}: {html.escape(outcome)}.<br>
-Compared with {html.escape(evaluation['baseline'] or 'no serving model (first push)')}.</p>
+Compared with {html.escape(evaluation['baseline'] or 'no serving model (first push)')}.<br>
+The data it was trained on: <a href="{html.escape(link)}">{html.escape(link)}</a></p>
 {f'<h2>Why not</h2><ul>{reasons}</ul>' if reasons else ''}
-<table><tr><td>{evaluation['split']} examples</td><td>{evaluation['examples']:,}</td></tr>
-<tr><td>overall accuracy</td><td>{metrics['accuracy']:.3f}</td></tr>
-<tr><td>macro-averaged accuracy</td><td>{metrics['macro_accuracy']:.3f}</td></tr>
-{_training_rows(training)}</table>
-{''.join(f'<p><img src="data:image/png;base64,{f}"></p>' for f in figures if f)}
-<p>Data statistics (TFDV): <a href="{html.escape(link)}">{html.escape(link)}</a></p>
+<table><tr><th>{evaluation['examples']:,} {evaluation['split']} examples</th>{header}</tr>
+{numbers}{_training_rows(training)}</table>
+{''.join(f'<h2>{t}</h2><p><img src="data:image/png;base64,{f}"></p>' for t, f in figures if f)}
 </body></html>"""
     artifacts.makedirs(os.path.dirname(path))
     artifacts.write_text(path, page)
@@ -62,7 +71,7 @@ def _training_rows(training: dict) -> str:
     return "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
 
 
-def _png(figure) -> str:
+def figure_png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
@@ -70,57 +79,123 @@ def _png(figure) -> str:
 
 
 def _confusion(matrix, classes) -> str:
+    """Counts, and shares of each actual class (rows sum to 100%), side by side."""
     counts = np.array(matrix)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    figure, ax = plt.subplots(figsize=(6.5, 5.5))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), n in np.ndenumerate(counts):
-        ax.text(j, i, n, ha="center", va="center", fontsize=8,
-                color="white" if shares[i, j] > 0.5 else "black")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
-           ylabel="actual", title="Confusion matrix (counts; colour: share of the actual class)")
-    ax.set_xticklabels(classes, rotation=45, ha="right")
-    ax.set_yticklabels(classes)
-    figure.colorbar(image, ax=ax)
-    return _png(figure)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    for ax, values, title, text in (
+            (axes[0], shares, "examples", lambda i, j: f"{counts[i, j]}"),
+            (axes[1], shares, "share of the actual class", lambda i, j: f"{shares[i, j]:.0%}")):
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), share in np.ndenumerate(shares):
+            ax.text(j, i, text(i, j), ha="center", va="center", fontsize=8,
+                    color="white" if share > 0.5 else "black")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
+               ylabel="actual", title=title)
+        ax.set_xticklabels(classes, rotation=45, ha="right")
+        ax.set_yticklabels(classes)
+    figure.tight_layout()
+    return figure_png(figure)
 
 
 def _per_class(evaluation, classes) -> str:
     values = [evaluation["metrics"]["candidate"]["class_accuracy"][c] for c in classes]
     floors = evaluation["gates"]["floors"].get("class_accuracy", {})
     x = np.arange(len(classes))
-    figure, ax = plt.subplots(figsize=(8, 4))
+    figure, ax = plt.subplots(figsize=(9, 4))
     baseline = evaluation["metrics"].get("baseline")
     width = 0.4 if baseline else 0.7
-    ax.bar(x - (width / 2 if baseline else 0), values, width, label="this model")
+    bars = ax.bar(x - (width / 2 if baseline else 0), [v or 0 for v in values], width,
+                  label="this model")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     if baseline:
-        ax.bar(x + width / 2, [baseline["class_accuracy"][c] for c in classes], width,
-               label="serving model", color="#bbbbbb")
+        served = ax.bar(x + width / 2, [baseline["class_accuracy"][c] or 0 for c in classes],
+                        width, label="serving model", color="#bbbbbb")
+        ax.bar_label(served, fmt="%.2f", fontsize=8, padding=2)
     bounds = [floors.get(c, floors.get("default")) for c in classes]
     if any(b is not None for b in bounds):
         ax.scatter(x, [b if b is not None else np.nan for b in bounds], marker="_", s=900,
-                   color="#c0392b", label="floor", zorder=3)
-    ax.set(xticks=x, ylim=(0, 1), ylabel="accuracy (top-1 recall)",
-           title="Per-class accuracy against its gate")
+                   color="#c0392b", label="floor (gate)", zorder=3)
+    ax.set(xticks=x, ylim=(0, 1.1), ylabel="accuracy (top-1 recall)")
     ax.set_xticklabels(classes)
-    ax.legend(loc="lower right")
-    return _png(figure)
+    ax.legend(ncols=3, loc="upper left", bbox_to_anchor=(0, -0.08), frameon=False)
+    return figure_png(figure)
 
 
-def _curves(history_csv: str) -> str | None:
+def _curves(history_csv: str, best_epoch: int | None) -> str | None:
     if not artifacts.exists(history_csv):
         return None
     rows = list(csv.DictReader(io.StringIO(artifacts.read_text(history_csv))))
     if not rows:
         return None
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [float(r[metric]) for r in rows], "o-", label="train")
         ax.plot(epochs, [float(r["val_" + metric]) for r in rows], "o-", label="eval")
         if metric == "accuracy" and rows[0].get("val_accuracy_batch_stats"):
             ax.plot(epochs, [float(r["val_accuracy_batch_stats"]) for r in rows], "--",
                     label="eval, batch-norm in training mode")
+        if best_epoch:
+            ax.axvline(best_epoch, color="#888888", linestyle=":",
+                       label=f"best epoch ({best_epoch}): the model kept")
         ax.set(xlabel="epoch", title=metric)
-        ax.legend()
-    return _png(figure)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def _mistakes(evaluation: dict, examples_dir: str, per_class: int = 4) -> str | None:
+    """For each actual class, the faces the model put in another class most confidently."""
+    import tensorflow as tf
+
+    from pipeline import serving
+    from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE
+
+    files = artifacts.example_files(examples_dir, evaluation["split"])
+    if not files:
+        return None
+    model = serving.load(evaluation["model"])
+    labels, images, answers = [], [], []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256):
+        answer = model.signatures["serving_default"](examples=batch)
+        parsed = tf.io.parse_example(batch, {LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64),
+                                             PIXELS_FEATURE: tf.io.VarLenFeature(tf.int64)})
+        labels.append(parsed[LABEL_FEATURE].numpy())
+        images.append(tf.sparse.to_dense(parsed[PIXELS_FEATURE]).numpy())
+        answers.append(answer["probabilities"].numpy())
+    labels, images, probabilities = map(np.concatenate, (labels, images, answers))
+    predicted = probabilities.argmax(axis=1)
+    classes = evaluation["classes"]
+    chosen = most_confident_mistakes(labels, probabilities, len(classes), per_class)
+    side = int(round(np.sqrt(images.shape[1])))
+    figure, axes = plt.subplots(len(classes), per_class,
+                                figsize=(per_class * 1.5, len(classes) * 1.45))
+    for c, row in enumerate(axes):
+        for ax, k in zip(row, [*chosen[c], *[None] * per_class]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k is None:
+                ax.axis("off")
+                continue
+            ax.imshow(images[k].reshape(side, side), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"as {classes[predicted[k]]} {probabilities[k].max():.2f}", fontsize=7)
+        row[0].axis("on")
+        row[0].set_ylabel(f"{classes[c]}", rotation=0, ha="right", va="center", fontsize=9)
+        for side_line in row[0].spines.values():
+            side_line.set_visible(False)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def most_confident_mistakes(labels, probabilities, n_classes: int, per_class: int) -> list:
+    """For each actual class, the indices of its examples predicted as another class, the most
+    confident first (stable for ties)."""
+    predicted = probabilities.argmax(axis=1)
+    chosen = []
+    for c in range(n_classes):
+        wrong = np.flatnonzero((labels == c) & (predicted != c))
+        chosen.append(wrong[np.argsort(-probabilities[wrong].max(axis=1), kind="stable")]
+                      [:per_class].tolist())
+    return chosen

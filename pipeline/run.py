@@ -184,7 +184,7 @@ def steps() -> tuple[Step, ...]:
                                    "space": dataclasses.asdict(r.settings.tuner),
                                    "config": dataclasses.asdict(r.settings.trainer)}),
         Step("Trainer", ("ExampleGen", "Tuner"), _train, _say_trainer, resumable=True,
-             recorded=_base_model, then=_nothing_new, parameters=lambda r: {
+             recorded=_trainer_lineage, then=_nothing_new, parameters=lambda r: {
                  "config": dataclasses.asdict(r.trainer_config),
                  "distribution": r.args.distribution, "warm_start": not r.args.from_scratch}),
         Step("Evaluator", ("Trainer", "ExampleGen"), _evaluate, _say_evaluation,
@@ -386,8 +386,8 @@ def _statistics(run: Run, out: str) -> dict:
 
 
 def _say_statistics(run: Run, output: Output) -> str:
-    return (f"StatisticsGen: statistics of {', '.join(output.result)}; to look at them open "
-            f"{artifacts.split_dir(output.folder, 'train')}/statistics.html")
+    return (f"StatisticsGen: statistics of {', '.join(output.result)} (TFDV's view, which needs "
+            f"the web: {artifacts.split_dir(output.folder, 'train')}/statistics.html)")
 
 
 def _schema(run: Run, out: str):
@@ -405,10 +405,32 @@ def _say_schema(run: Run, output: Output) -> str:
 
 
 def _validate(run: Run, out: str) -> list:
+    """ExampleValidator, and the data page beside its findings (also when it stops the run:
+    then the page shows why)."""
     from components import example_validator
 
-    return example_validator.run(run.result("StatisticsGen"), run.result("SchemaGen")[0], out,
-                                 run.settings.validation, run.previous_statistics)
+    try:
+        findings = example_validator.run(run.result("StatisticsGen"), run.result("SchemaGen")[0],
+                                         out, run.settings.validation, run.previous_statistics)
+    except example_validator.DataValidationError as e:
+        raise example_validator.DataValidationError(
+            f"{e} The data page shows them: {_data_page(run, out)}") from None
+    _data_page(run, out)
+    return findings
+
+
+def _data_page(run: Run, out: str) -> str:
+    from pipeline import data_page
+
+    report = artifacts.join(out, "anomalies.json")
+    findings = json.loads(artifacts.read_text(report))["findings"] if artifacts.exists(
+        report) else None
+    statistics = run.result("StatisticsGen")
+    return data_page.write(
+        artifacts.join(out, "data.html"), statistics, run.folder("ExampleGen"),
+        run.settings.ingest.classes, run.settings.ingest.image_size, findings,
+        {split: artifacts.join(os.path.dirname(path), "statistics.html")
+         for split, path in statistics.items()})
 
 
 def _say_validation(run: Run, output: Output) -> str:
@@ -416,7 +438,9 @@ def _say_validation(run: Run, output: Output) -> str:
              for f in output.result]
     return "\n".join([*lines, (
         f"ExampleValidator: data passed ({len(output.result)} warning(s); drift checked "
-        f"against {run.previous_statistics or 'nothing: no earlier validated run'})")])
+        f"against {run.previous_statistics or 'nothing: no earlier validated run'})"),
+        f"  data page (class counts, image features, sample faces, findings): "
+        f"{artifacts.join(output.folder, 'data.html')}"])
 
 
 def _tune(run: Run, out: str) -> dict:
@@ -432,12 +456,15 @@ def _say_tuner(run: Run, output: Output) -> str:
             f"{search['best_value']:.3f} with {search['best_hyperparameters']}")
 
 
-def _base_model(run: Run) -> list:
-    """The model the Trainer starts from, recorded as its input for the lineage but outside the
-    fingerprint: a model trained on the same examples with the same settings and code is reused
-    whatever it started from, so an identical second run stays "nothing new"."""
+def _trainer_lineage(run: Run) -> list:
+    """What the Trainer depends on beyond its examples, recorded as its inputs for the lineage but
+    outside its fingerprint: the validation that let the data through (so the lineage shows
+    StatisticsGen, SchemaGen and ExampleValidator too), and the model it starts from. A model
+    trained on the same examples with the same settings and code is reused whatever it started
+    from, so an identical second run stays "nothing new"."""
+    validated = [(run.outputs["ExampleValidator"].artifact, None)]
     model = run.base_model  # the serving model, whose content is hashed once (baseline_content)
-    return [(run.store.model(model, run.baseline_content), None)] if model else []
+    return validated + ([(run.store.model(model, run.baseline_content), None)] if model else [])
 
 
 def _train(run: Run, out: str) -> dict:
@@ -520,9 +547,8 @@ def _say_push(run: Run, output: Output) -> str:
     page = report.write(
         artifacts.join(run.root, "reports", f"{os.path.basename(run.folder('Evaluator'))}.html"),
         run.result("Evaluator"), artifacts.join(trained.folder, "history.csv"),
-        artifacts.join(artifacts.split_dir(run.folder("StatisticsGen"), "train"),
-                       "statistics.html"),
-        pushed, trained.result)
+        artifacts.join(run.folder("ExampleValidator"), "data.html"), pushed, trained.result,
+        examples_dir=run.folder("ExampleGen"))
     if pushed["pushed"]:
         line = f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
     else:

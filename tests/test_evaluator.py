@@ -252,6 +252,26 @@ def test_report_shows_blessing_reasons_and_plots(tmp_path):
     assert 'href="../Split-train/stats.html"' in text  # relative: the root can be moved
 
 
+def test_report_shows_the_most_confident_mistakes_of_a_real_model(tmp_path):
+    examples, labels, predicted = known_examples(tmp_path / "examples")
+    evaluation = evaluator.run(known_model(tmp_path / "model"), examples, str(tmp_path / "eval"),
+                               gates(floors=NO_FLOORS), CLASSES)
+    page = report.write(str(tmp_path / "r.html"), evaluation, str(tmp_path / "none.csv"),
+                        str(tmp_path / "data.html"), {"pushed": False},
+                        {"best_epoch": 1, "epochs_run": 1}, examples_dir=examples)
+    text = open(page).read()
+    assert "Most confident mistakes on the test split" in text
+    assert text.count("data:image/png;base64,") == 3  # confusion, per class, mistakes
+    # Which faces: every wrong one of each class here (all equally confident), in file order.
+    probabilities = np.eye(7)[predicted] * 0.3 + 0.1
+    chosen = report.most_confident_mistakes(labels, probabilities, 7, 4)
+    assert [len(c) for c in chosen] == [min(n - k, 4) for n, k in zip(PER_CLASS, RIGHT)]
+    assert all(labels[i] == c and predicted[i] != c for c, found in enumerate(chosen)
+               for i in found)
+    probabilities[chosen[2][1]] *= 2  # one mistake made more confidently comes first
+    assert report.most_confident_mistakes(labels, probabilities, 7, 4)[2][0] == chosen[2][1]
+
+
 @pytest.mark.slow  # whole runs
 def test_the_command_line_pushes_a_blessed_model_and_keeps_it_when_gates_rise(tmp_path):
     data = default_data.write_csv(tmp_path / "faces.csv", rows=900, seed=11)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.gcs import Emulator
-from tests.helpers import run_inputs
+from tests.helpers import free_port, run_inputs
 
 pytestmark = pytest.mark.slow  # whole runs
 
@@ -77,8 +77,13 @@ def serving_state(gcs, model_root):
     return on_gcs(gcs, SERVING_STATE.replace("sys.argv[1]", repr(model_root)))
 
 
-def test_a_run_on_object_storage_pushes_and_an_identical_one_reuses_everything(gcs, setup):
-    first = run(gcs, *pipeline_args(setup)).stdout
+@pytest.fixture(scope="module")
+def first(gcs, setup):
+    return run(gcs, *pipeline_args(setup)).stdout
+
+
+def test_a_run_on_object_storage_pushes_and_an_identical_one_reuses_everything(gcs, setup,
+                                                                               first):
     assert "ExampleGen: 900 rows read from 1 file(s)" in first
     assert "Evaluator: BLESSED" in first and "now serving version 1: gs://fer/serving/fer/1" in first
     state = serving_state(gcs, "gs://fer/serving/fer")
@@ -102,7 +107,7 @@ def test_a_run_on_object_storage_pushes_and_an_identical_one_reuses_everything(g
     assert "input file gs://fer/drops/faces.csv sha256" in lineage.stdout
 
 
-def test_a_push_killed_halfway_leaves_serving_consistent(gcs, setup):
+def test_a_push_killed_halfway_leaves_serving_consistent(gcs, setup, first):
     """kill -9 after the first file of the model is copied into its version folder; the
     half-copied folder is never a version, and the next run pushes the model whole."""
     serving = "gs://fer/serving-killed"
@@ -118,3 +123,25 @@ def test_a_push_killed_halfway_leaves_serving_consistent(gcs, setup):
     state = serving_state(gcs, f"{serving}/fer")
     assert state["versions"] == [1] and state["folders"] == ["1"]
     assert state["contents"]["1"] == serving_state(gcs, "gs://fer/serving/fer")["contents"]["1"]
+
+
+def test_a_chief_and_a_worker_train_on_examples_in_object_storage(gcs, first):
+    """The README's multi-worker recipe, on loopback: both read gs://, only the chief writes."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    workers = []
+    for index, output in enumerate((["--output", "gs://fer/multi-worker"], [])):
+        env = {**os.environ, **gcs.environment, "TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "components.trainer", "--examples", "gs://fer/root/ExampleGen/1",
+             *output, "--distribution", "multi_worker", "--epochs", "1", "--batch-size", "32",
+             "--data", "gs://fer/drops/faces.csv"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=600)
+        assert worker.returncode == 0, stderr[-3000:]
+        assert json.loads(stdout.strip().splitlines()[-1])["replicas"] == 2
+    written = on_gcs(gcs, "import json; from pipeline import artifacts; print(json.dumps("
+                          "[artifacts.listdir('gs://fer/multi-worker'), json.loads("
+                          "artifacts.read_text('gs://fer/multi-worker/training.json'))]))")
+    assert "serving_model" in written[0] and written[1]["replicas"] == 2

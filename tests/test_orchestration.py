@@ -80,7 +80,8 @@ def test_lineage_names_the_data_and_parameters_of_a_served_version(setup, first)
     sha = hashlib.sha256(data.read_bytes()).hexdigest()
     assert out.startswith(f"{base / 'serving' / 'fer' / '1'} came from:")
     assert f"input file {data} sha256 {sha}" in out
-    for component in ("Pusher", "Evaluator", "Trainer", "ExampleGen"):
+    for component in ("Pusher", "Evaluator", "Trainer", "ExampleValidator", "SchemaGen",
+                      "StatisticsGen", "ExampleGen"):
         assert f"{component} (execution" in out
     assert "config.epochs = 1" in out and "config.batch_size = 32" in out and "COMPLETE" in out
 

@@ -176,3 +176,29 @@ def test_planted_anomaly_stops_the_cli_before_training(tmp_path):
     assert "feature 'exposure'" in message
     assert not list((tmp_path / "root" / "ExampleValidator").glob("*/_COMPLETE"))
     assert not (tmp_path / "root" / "Trainer").exists()
+
+
+def test_the_data_page_shows_counts_features_faces_and_findings_offline(tmp_path):
+    from pipeline import data_page
+    from pipeline.config import IngestConfig
+
+    rows = {"train": faces(70, 0, labels=[0, 3, 3, 6]), "eval": faces(21, 1), "test": faces(14, 2)}
+    stats = statistics(tmp_path, "now", rows)
+    examples = str(tmp_path / "now" / "examples")
+    finding = {"check": "drift", "split": "train vs previous run", "feature": "contrast",
+               "what": "L-infinity distance <b>0.4</b>", "action": "warn"}
+    pages = {s: os.path.join(os.path.dirname(p), "statistics.html") for s, p in stats.items()}
+    classes = IngestConfig.load().classes
+    page = data_page.write(str(tmp_path / "validator" / "data.html"), stats, examples, classes,
+                           48, [finding], pages)
+    text = open(page).read()
+    # Counts from TFDV's statistics: train has 18 Angry, 35 Happy (twice in the label cycle),
+    # 17 Neutral; eval cycles through all 7 classes, 3 each.
+    assert "<tr><td>train</td><td>70</td><td>18</td><td>0</td><td>0</td><td>35</td>" in text
+    assert "<tr><td>eval</td><td>21</td>" + "<td>3</td>" * 7 + "</tr>" in text
+    assert text.count("data:image/png;base64,") == 4  # classes, features, exposure, faces
+    assert "L-infinity distance &lt;b&gt;0.4&lt;/b&gt;" in text  # escaped
+    assert 'href="../now/stats/Split-train/statistics.html"' in text  # relative
+    assert "http" not in text.replace("they load their viewer from the web", "")  # offline
+    assert data_page._class_counts(tfdv.load_stats_binary(stats["train"]).datasets[0], 7) == [
+        18, 0, 0, 35, 0, 0, 17]
