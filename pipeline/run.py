@@ -67,6 +67,10 @@ def main(argv=None) -> int:
     # Beam logs a failing step's traceback before raising the error itself, which is then either
     # explained in one paragraph or, if unexpected, printed with its traceback anyway.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    # What Beam's worker processes log at start-up (no pickled main session, options that are
+    # the driver's): nothing for the user.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+        logging.ERROR)
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's stop
         signal.signal(signum, _stop)
     try:

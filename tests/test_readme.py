@@ -1,0 +1,112 @@
+"""The README's commands, as a new user types them, in a fresh folder: each is taken from the
+README word for word (the test fails if the README no longer has it), with `.venv/bin/python`
+as this interpreter and, for the whole run, flags appended that make it small (one epoch, gates
+that bless it). The set-up commands run in CI (.ci/run), the scheduling lines in test_schedule,
+the TensorFlow Datasets snippet in test_tfds."""
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from matplotlib import cbook
+
+from pipeline import default_data
+from tests.helpers import run_inputs
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+pytestmark = pytest.mark.slow  # whole runs
+
+
+def readme(line: str) -> list[str]:
+    """A command of the README, split as the shell would, run by this interpreter."""
+    assert f"    {line}\n" in README, f"the README no longer says: {line}"
+    words = shlex.split(line)
+    return [sys.executable if w == ".venv/bin/python" else w for w in words]
+
+
+def run(folder: Path, command: list[str], *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command + list(extra), cwd=folder, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A user's folder: FER CSVs under the README's names, a photo, the README's runs done."""
+    base = tmp_path_factory.mktemp("readme")
+    data, gates = run_inputs(base)
+    shutil.copy(data, base / "fer2013.csv")
+    shutil.copy(data, base / "NEW.csv")
+    (base / "drops").mkdir()
+    default_data.write_csv(base / "drops" / "a.csv.gz", rows=300, seed=3)
+    shutil.copy(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), base / "photo.jpg")
+    rows = [line for line in data.read_text().splitlines()[:3]]
+    (base / "more_faces.csv").write_text("\n".join(rows) + "\n")
+    first = run(base, readme(".venv/bin/python -m pipeline.run --data fer2013.csv "
+                             "--pipeline-root runs/"),
+                "--epochs", "1", "--batch-size", "32", "--evaluation-config", str(gates),
+                "--serving-dir", "serving")
+    assert "now serving version 1" in first.stdout
+    return base
+
+
+def test_help(folder):
+    out = run(folder, readme(".venv/bin/python -m pipeline.run --help")).stdout
+    assert "--pipeline-root" in out and "--metadata-config" in out
+
+
+def test_drops_on_both_cores(folder):
+    out = run(folder, readme(".venv/bin/python -m pipeline.run --data 'drops/*.csv.gz' "
+                             "--direct_num_workers=2 --direct_running_mode=multi_processing"),
+              "--stop-after", "ExampleGen", "--pipeline-root", "drops-root").stdout
+    assert "ExampleGen: 300 rows read from 1 file(s)" in out
+
+
+def test_refreshing_the_schema(folder):
+    out = run(folder, readme(".venv/bin/python -m pipeline.run --data NEW.csv "
+                             "--stop-after SchemaGen")).stdout
+    inferred = folder / "pipeline_root" / "SchemaGen" / "1" / "inferred_schema.pbtxt"
+    assert str(inferred) in out and inferred.exists()
+    line = ("diff schemas/schema.pbtxt pipeline_root/SchemaGen/<n>/inferred_schema.pbtxt   "
+            "# then edit schemas/schema.pbtxt")
+    assert f"      {line}\n" in README
+    (folder / "schemas").mkdir(exist_ok=True)
+    shutil.copy(REPO / "schemas" / "schema.pbtxt", folder / "schemas" / "schema.pbtxt")
+    diff = subprocess.run(shlex.split(line.replace("<n>", "1").split("#")[0]), cwd=folder,
+                          capture_output=True, text=True, timeout=60)
+    assert diff.returncode == 1 and "skew_comparator" in diff.stdout  # the curated one says more
+
+
+def test_the_serving_signatures_snippet(folder):
+    snippet = ('    m = tf.saved_model.load("pipeline_root/Trainer/1/serving_model")\n'
+               '    m.signatures["serve_images"](images=tf.constant(batch_uint8))["class_name"]\n')
+    assert snippet in README
+    code = "import numpy as np, tensorflow as tf\n" \
+           "batch_uint8 = np.zeros((2, 48, 48, 1), np.uint8)\n" + textwrap.dedent(snippet).replace(
+               '["class_name"]', '["class_name"].numpy().tolist()').replace(
+               "m.signatures", "print(m.signatures", 1).rstrip() + ")\n"
+    out = run(folder, [sys.executable, "-c", code.replace("pipeline_root", "runs")]).stdout
+    assert len(eval(out.strip().splitlines()[-1])) == 2
+
+
+def test_predictions(folder):
+    out = run(folder, readme(".venv/bin/python -m pipeline.predict --model serving/fer "
+                             "photo.jpg more_faces.csv")).stdout.splitlines()
+    assert out[0].startswith("photo.jpg face at x=") and out[1].startswith("more_faces.csv:2  ")
+    out = run(folder, readme(".venv/bin/python -m pipeline.predict --model serving/fer --json "
+                             "--annotate boxed.png photo.jpg")).stdout
+    assert len(json.loads(out)["faces"]) == 1 and (folder / "boxed.png").exists()
+
+
+def test_lineage(folder):
+    out = run(folder, readme(".venv/bin/python -m pipeline.lineage --pipeline-root "
+                             "pipeline_root --serving-dir serving"), "--pipeline-root",
+              "runs").stdout
+    assert "came from:" in out and "input file" in out and "ExampleValidator (execution" in out
