@@ -174,6 +174,9 @@ def test_planted_anomaly_stops_the_cli_before_training(tmp_path):
     message = " ".join(result.stderr.split())
     assert message.startswith("error: ExampleValidator stopped the run before training")
     assert "feature 'exposure'" in message
+    page = tmp_path / "root" / "ExampleValidator" / "1" / "data.html"
+    assert message.endswith(f"The data page shows them: {page}")  # what stopped it, to look at
+    assert "exposure" in page.read_text() and 'class="stop"' in page.read_text()
     assert not list((tmp_path / "root" / "ExampleValidator").glob("*/_COMPLETE"))
     assert not (tmp_path / "root" / "Trainer").exists()
 
