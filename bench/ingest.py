@@ -6,9 +6,15 @@ ExampleGen: the Beam pipeline with validation, quarantine, gzip TFRecord writing
 row-count reconciliation, once per Beam configuration given.
 
     python bench/ingest.py [--rows 35900] [--seed 1]
+
+Timed twice: inside this process (the components' work alone), and as whole processes, which is
+what a user waits for: the baseline as a script, ExampleGen as `python -m pipeline.run
+--stop-after ExampleGen`, and beside them the floor of that process, its imports alone.
 """
 import argparse
+import inspect
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,8 +62,8 @@ def main() -> int:
     rows = baseline(data)
     base_s = time.perf_counter() - start
     base_rate = rows / base_s
-    print(f"{'variant':55s} {'seconds':>8s} {'rows/s':>8s} {'ratio':>6s}")
-    print(f"{'baseline: pandas read_csv + per-row split':55s} {base_s:8.1f} {base_rate:8.0f} "
+    print(f"{'variant':64s} {'seconds':>8s} {'rows/s':>8s} {'ratio':>6s}")
+    print(f"{'baseline: pandas read_csv + per-row split':64s} {base_s:8.1f} {base_rate:8.0f} "
           f"{1.0:6.2f}")
 
     config = IngestConfig.load()
@@ -69,8 +75,33 @@ def main() -> int:
         written = sum(counts["written"].values())
         assert written == rows, (written, rows)
         rate = rows / seconds
-        print(f"{name:55s} {seconds:8.1f} {rate:8.0f} {rate / base_rate:6.2f}", flush=True)
+        print(f"{name:64s} {seconds:8.1f} {rate:8.0f} {rate / base_rate:6.2f}", flush=True)
+
+    print(f"\nwhole processes\n{'variant':64s} {'seconds':>8s} {'rows/s':>8s} {'ratio':>6s}")
+    script = "from pathlib import Path\nimport numpy as np, pandas as pd\n"
+    base_s = whole([sys.executable, "-c",
+                    script + inspect.getsource(baseline) + f"baseline({str(data)!r})"])
+    print(f"{'baseline: python script, pandas read_csv + split':64s} {base_s:8.1f} "
+          f"{rows / base_s:8.0f} {1.0:6.2f}")
+    for name, beam_args in CONFIGS.items():
+        with tempfile.TemporaryDirectory() as root:
+            seconds = whole([sys.executable, "-m", "pipeline.run", "--data", str(data),
+                             "--pipeline-root", root, "--stop-after", "ExampleGen", *beam_args])
+        print(f"{'python -m pipeline.run ' + name.split(', ', 1)[1]:64s} {seconds:8.1f} "
+              f"{rows / seconds:8.0f} {base_s / seconds:6.2f}", flush=True)
+    floor = whole([sys.executable, "-c", "import pipeline.run, apache_beam, pyarrow, "
+                   "tfx_bsl.coders.example_coder, components.example_gen"])
+    print(f"{'floor: its imports alone (no row read)':64s} {floor:8.1f} {rows / floor:8.0f} "
+          f"{base_s / floor:6.2f}")
     return 0
+
+
+def whole(command: list[str]) -> float:
+    """Seconds a fresh process takes, start to exit."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, timeout=1800,
+                   cwd=Path(__file__).resolve().parent.parent)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
