@@ -32,8 +32,8 @@ def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
 def _push(model: str, model_root: str) -> str:
     try:
         artifacts.makedirs(model_root)
-        if artifacts.remote(model_root):  # one run per root holds it: see the README on sharing
-            return _copy_in(model, model_root)
+        if artifacts.remote(model_root):  # no lock file to share there: one root pushes at a
+            return _copy_in(model, model_root)  # time (README, "Beyond one machine")
         with artifacts.lock(artifacts.join(model_root, ".lock")):  # other roots may push here
             return _copy_in(model, model_root)
     except Exception as e:

@@ -43,10 +43,11 @@ def _parser() -> argparse.ArgumentParser:
              "behind (default: ./serving)")
     parser.add_argument(
         "--metadata-config", metavar="FILE",
-        help="ML Metadata in a MySQL or MariaDB database that every machine reaches, instead of "
-             "<pipeline root>/metadata.sqlite: a JSON file {\"mysql\": {\"host\", \"port\", "
-             "\"database\", \"user\", \"password\"}} (password also from "
-             "$FER_METADATA_PASSWORD); one run per root is then held by a lease in that database")
+        help="where ML Metadata lives instead of <pipeline root>/metadata.sqlite: a JSON file, "
+             "{\"mysql\": {\"host\", \"port\", \"database\", \"user\", \"password\"}} for a "
+             "database every machine reaches (password also from $FER_METADATA_PASSWORD; one "
+             "run per root is then held by a lease in it), or {\"sqlite\": {\"filename_uri\": "
+             "FILE}} for a local file (needed when the root is on object storage)")
     parser.add_argument(
         "--stop-after", metavar="COMPONENT", choices=COMPONENTS, default=COMPONENTS[-1],
         help=f"stop after this step; one of {', '.join(COMPONENTS)}")
