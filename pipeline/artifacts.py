@@ -4,7 +4,8 @@
     <root>/<Component>/<n>/_COMPLETE       written last: the folder counts only once it is there
     <examples>/Split-<split>/data-*.tfrecord.gz
 
-Paths are strings, local or any filesystem TensorFlow knows (gs://...), joined with `join`, never
+Paths are strings, local or any filesystem TensorFlow knows (gs://...; local ones without
+importing TensorFlow, which ingestion never needs), joined with `join`, never
 with pathlib (Path("gs://b/r") / "x" is "gs:/b/r/x"). Local folders get what a local disk allows:
 whatever must appear whole (a trained model, a pushed version, the built-in data) is written under
 a hidden staging name beside its final name, flushed file by file and folder by folder, and
@@ -14,6 +15,7 @@ version once its saved_model.pb is (copied last), as in TFX and TF Serving.
 """
 import contextlib
 import fcntl
+import glob as _glob
 import os
 import shutil
 import time
@@ -68,17 +70,17 @@ def makedirs(folder: str | Path) -> None:
 
 
 def read_text(path: str | Path) -> str:
-    with _gfile().GFile(str(path)) as f:
+    with (_gfile().GFile(str(path)) if remote(path) else open(path)) as f:
         return f.read()
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with _gfile().GFile(str(path), "w") as f:
+    with (_gfile().GFile(str(path), "w") if remote(path) else open(path, "w")) as f:
         f.write(text)
 
 
 def glob(pattern: str) -> list[str]:
-    return sorted(_gfile().glob(pattern))
+    return sorted(_gfile().glob(pattern) if remote(pattern) else _glob.glob(pattern))
 
 
 def files_under(folder: str | Path) -> list[str]:
