@@ -133,6 +133,7 @@ def test_tuner_runs_before_the_trainer_and_from_scratch_ignores_the_serving_mode
               if e.type == mlmd.Event.INPUT]
     kinds = {store.get_artifact_types_by_id([a.type_id])[0].name
              for a in store.get_artifacts_by_id(inputs)}
-    assert kinds == {"Examples", "HyperParameters"}
+    # Its examples, the Tuner's values and the validation they passed; no serving model.
+    assert kinds == {"Examples", "HyperParameters", "ExampleAnomalies"}
     again = run(*args)  # cached like every other step
     assert "Tuner: reusing" in again and "Trainer: reusing" in again
