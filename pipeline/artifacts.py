@@ -69,6 +69,11 @@ def makedirs(folder: str | Path) -> None:
         os.makedirs(folder, exist_ok=True)
 
 
+def open_bytes(path: str | Path):
+    """A file opened for reading bytes."""
+    return _gfile().GFile(str(path), "rb") if remote(path) else open(path, "rb")
+
+
 def read_text(path: str | Path) -> str:
     with (_gfile().GFile(str(path)) if remote(path) else open(path)) as f:
         return f.read()

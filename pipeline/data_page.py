@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from pipeline import artifacts
-from pipeline.report import figure_png, plt
+from pipeline.report import face_grid, figure_png, plt
 
 FACES_PER_CLASS = 8
 _FEATURES = (("mean_brightness", "mean brightness (0-255)"), ("contrast", "contrast (std of pixels)"),
@@ -142,18 +142,8 @@ def _faces(examples_dir: str, classes, image_size: int) -> str | None:
             found[label].append(example[PIXELS_FEATURE].numpy().reshape(image_size, image_size))
         if all(len(f) == FACES_PER_CLASS for f in found.values()):
             break
-    figure, axes = plt.subplots(len(classes), FACES_PER_CLASS,
-                                figsize=(FACES_PER_CLASS * 0.9, len(classes) * 0.95))
-    for c, row in enumerate(axes):
-        for i, ax in enumerate(row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
-            if i < len(found[c]):
-                ax.imshow(found[c][i], cmap="gray", vmin=0, vmax=255)
-        row[0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=9)
-    return figure_png(figure)
+    return face_grid([[(image, None) for image in found[c]] for c in range(len(classes))],
+                     classes, FACES_PER_CLASS, cell=0.95)
 
 
 def _findings(findings: list[dict] | None) -> str:

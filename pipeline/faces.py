@@ -6,6 +6,7 @@ look for frontal faces, the kind FER2013 holds. Each face is levelled by its eye
 eye cascade in either upper half of the face, when both are), then cut with a small margin, as
 FER2013's registered crops show the whole face, and resized to 48x48.
 """
+import functools
 import math
 import typing
 
@@ -61,12 +62,8 @@ def _tilt(face: np.ndarray) -> float:
     return angle if abs(angle) <= _MOST_TILT else 0.0
 
 
-_LOADED = {}
-
-
+@functools.cache
 def _cascade(name: str):
     import cv2
 
-    if name not in _LOADED:
-        _LOADED[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-    return _LOADED[name]
+    return cv2.CascadeClassifier(cv2.data.haarcascades + name)

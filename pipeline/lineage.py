@@ -41,7 +41,7 @@ def lineage(root: str, serving_dir: str, model_name: str, version: int | None,
 
     root = artifacts.absolute(root)
     connection = metadata.store_connection(root, metadata_config)
-    if not os.path.exists(connection.config.sqlite.filename_uri or "/"):
+    if not connection.shared and not os.path.exists(connection.where):
         raise UserError(f"{root} has no metadata.sqlite: it is not a pipeline root that ran "
                         f"(or its runs kept their metadata in a database: pass "
                         f"--metadata-config).")

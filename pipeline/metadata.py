@@ -97,18 +97,10 @@ def tree_fingerprint(folder: str | Path | None) -> str | None:
         if name == artifacts.MARKER:
             continue
         digest.update(name.encode())
-        with _open(artifacts.join(folder, name)) as f:
+        with artifacts.open_bytes(artifacts.join(folder, name)) as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _open(path: str):
-    if artifacts.remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")
 
 
 class Connection(typing.NamedTuple):

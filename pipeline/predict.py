@@ -42,12 +42,14 @@ def main(argv=None) -> int:
         model, classes = _load(Path(args.model)), _classes()
         photos = [p for p in map(Path, args.inputs) if p.suffix.lower() in _IMAGE_SUFFIXES]
         for path in map(Path, args.inputs):
-            answers = _predict(model, path, detect=not args.no_detect)
-            if path.suffix.lower() in _IMAGE_SUFFIXES and args.annotate:
-                answers = list(answers)
-                _annotate(path, answers, _annotation_path(Path(args.annotate), path, photos),
-                          classes)
-            _print(path, answers, classes, args.json)
+            if not path.is_file():
+                raise UserError(f"Input {path} does not exist or is not a file.")
+            photo = _read_gray(path) if path in photos else None  # decoded once
+            found = [_face(where, box, answer, classes) for where, box, answer
+                     in _predict(model, path, photo, detect=not args.no_detect)]
+            if photo is not None and args.annotate:
+                _annotate(photo, found, _annotation_path(Path(args.annotate), path, photos))
+            _print(path, photo, found, args.json)
     except UserError as e:
         return report_error(e)
     return 0
@@ -64,22 +66,20 @@ def _load(path: Path):
     return serving.load(path)
 
 
-def _predict(model, path: Path, detect: bool):
-    """(where, box or None, the model's answer) for each face of a photo or row of a CSV."""
+def _predict(model, path: Path, photo, detect: bool):
+    """(where, box or None, the model's answer) for each face of a photo (decoded: `photo`) or
+    row of a CSV."""
     import tensorflow as tf
 
-    if not path.is_file():
-        raise UserError(f"Input {path} does not exist or is not a file.")
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        gray = _read_gray(path)
+    if photo is not None:
         if not detect:
-            face = tf.image.resize(gray[..., None], (48, 48), antialias=True)
+            face = tf.image.resize(photo[..., None], (48, 48), antialias=True)
             face = tf.cast(tf.clip_by_value(tf.round(face), 0, 255), tf.uint8)[tf.newaxis]
             yield str(path), None, model.signatures["serve_images"](images=face)
             return
         from pipeline import faces
 
-        for face in faces.find(gray):
+        for face in faces.find(photo):
             yield str(path), face.box, model.signatures["serve_images"](
                 images=tf.constant(face.crop[None, ..., None]))
         return
@@ -107,35 +107,29 @@ def _read_gray(path: Path):
     return image.numpy()[..., 0]
 
 
-def _scores(answer, classes) -> tuple[str, dict[str, float]]:
+def _face(where: str, box, answer, classes) -> dict:
+    """One answer as it is printed, drawn and written as JSON."""
     probabilities = answer["probabilities"].numpy()[0]
-    return (answer["class_name"].numpy()[0].decode(),
-            {c: round(float(p), 4) for c, p in zip(classes, probabilities)})
+    name = answer["class_name"].numpy()[0].decode()
+    scores = {c: round(float(p), 4) for c, p in zip(classes, probabilities)}
+    return {"where": where, "box": box, "emotion": name, "probability": scores[name],
+            "probabilities": scores}
 
 
-def _print(path: Path, answers, classes, as_json: bool) -> None:
-    found = []
-    for where, box, answer in answers:
-        name, scores = _scores(answer, classes)
-        found.append({"where": where, "box": box, "emotion": name,
-                      "probability": scores[name], "probabilities": scores})
+def _print(path: Path, photo, found: list[dict], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"input": str(path), "faces": found}))
         return
     if not found:
-        hint = _hint_for_crops(path) if path.suffix.lower() in _IMAGE_SUFFIXES else ""
-        print(f"{path}  no face found{hint}")
+        # A picture about the size of a FER crop is likely one: say how to classify it whole.
+        crop = photo is not None and max(photo.shape) <= 96
+        print(f"{path}  no face found" + (" (a picture that is already a face crop, like "
+                                          "FER2013's 48x48 ones: pass --no-detect)" if crop
+                                          else ""))
     for face in found:
         box = "" if face["box"] is None else " face at x={} y={} w={} h={}".format(*face["box"])
         print(f"{face['where']}{box}  {face['emotion']} {face['probability']:.2f}  | "
               + " ".join(f"{c} {p:.2f}" for c, p in face["probabilities"].items()))
-
-
-def _hint_for_crops(path: Path) -> str:
-    """A picture about the size of a FER crop is likely one: say how to classify it whole."""
-    height, width = _read_gray(path).shape
-    return (" (a picture that is already a face crop, like FER2013's 48x48 ones: pass "
-            "--no-detect)") if max(height, width) <= 96 else ""
 
 
 def _annotation_path(out: Path, photo: Path, photos: list[Path]) -> Path:
@@ -145,19 +139,19 @@ def _annotation_path(out: Path, photo: Path, photos: list[Path]) -> Path:
     return out / f"{photo.stem}.png"
 
 
-def _annotate(photo: Path, answers, out: Path, classes) -> None:
+def _annotate(photo, found: list[dict], out: Path) -> None:
     """The photo with a box and "Emotion 0.87" drawn for each face found."""
     import cv2
 
-    picture = cv2.cvtColor(_read_gray(photo), cv2.COLOR_GRAY2BGR)
+    picture = cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR)
     thick = max(1, round(max(picture.shape[:2]) / 300))
-    for _, box, answer in answers:
-        if box is None:
+    for face in found:
+        if face["box"] is None:
             continue
-        name, scores = _scores(answer, classes)
-        x, y, w, h = box
+        x, y, w, h = face["box"]
         cv2.rectangle(picture, (x, y), (x + w, y + h), (0, 200, 0), thick)
-        cv2.putText(picture, f"{name} {scores[name]:.2f}", (x, max(12, y - 4 * thick)),
+        cv2.putText(picture, f"{face['emotion']} {face['probability']:.2f}",
+                    (x, max(12, y - 4 * thick)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 200, 0), thick, cv2.LINE_AA)
     if not cv2.imwrite(str(out), picture):
         raise UserError(f"Cannot write the annotated picture {out}. Pass --annotate a path "

@@ -170,21 +170,28 @@ def _mistakes(evaluation: dict, examples_dir: str, per_class: int = 4) -> str | 
     classes = evaluation["classes"]
     chosen = most_confident_mistakes(labels, probabilities, len(classes), per_class)
     side = int(round(np.sqrt(images.shape[1])))
-    figure, axes = plt.subplots(len(classes), per_class,
-                                figsize=(per_class * 1.5, len(classes) * 1.45))
-    for c, row in enumerate(axes):
-        for ax, k in zip(row, [*chosen[c], *[None] * per_class]):
+    return face_grid([[(images[k].reshape(side, side),
+                        f"as {classes[predicted[k]]} {probabilities[k].max():.2f}")
+                       for k in found] for found in chosen], classes, per_class, cell=1.5)
+
+
+def face_grid(rows: list[list[tuple]], labels, columns: int, cell: float = 1.0) -> str:
+    """Faces in rows of `columns`, one row per label; each face is (image, title or None); a row
+    with fewer faces leaves its cells blank."""
+    figure, axes = plt.subplots(len(rows), columns, figsize=(columns * cell, len(rows) * cell),
+                                squeeze=False)
+    for label, faces, row in zip(labels, rows, axes):
+        for i, ax in enumerate(row):
             ax.set_xticks([])
             ax.set_yticks([])
-            if k is None:
-                ax.axis("off")
-                continue
-            ax.imshow(images[k].reshape(side, side), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"as {classes[predicted[k]]} {probabilities[k].max():.2f}", fontsize=7)
-        row[0].axis("on")
-        row[0].set_ylabel(f"{classes[c]}", rotation=0, ha="right", va="center", fontsize=9)
-        for side_line in row[0].spines.values():
-            side_line.set_visible(False)
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if i < len(faces):
+                image, title = faces[i]
+                ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+                if title:
+                    ax.set_title(title, fontsize=7)
+        row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     figure.tight_layout()
     return figure_png(figure)
 
