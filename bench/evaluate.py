@@ -17,7 +17,9 @@ from pathlib import Path
 
 import faces
 import numpy as np
-import pipeline  # noqa: F401  (quiets TensorFlow's C++ logging before it loads)
+import pipeline  # noqa: E402
+
+pipeline.quiet()  # before TensorFlow loads
 import tensorflow as tf
 import tf_keras as keras
 from components import evaluator, trainer

@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import pipeline  # noqa: E402,F401  (quiets TensorFlow's C++ logging before it loads)
+import pipeline  # noqa: E402,E402
+
+pipeline.quiet()  # before TensorFlow loads
 from components import evaluator, example_gen, trainer  # noqa: E402
 from pipeline import artifacts, default_data  # noqa: E402
 from pipeline.config import EvaluationConfig, IngestConfig, TrainerConfig  # noqa: E402
@@ -104,7 +106,7 @@ def measure(examples: str, config: TrainerConfig, base_model: str | None = None,
         result = evaluator.run(summary["serving_model"], examples, f"{work}/evaluator", gates,
                                ingest.classes, serving)
     values = result["metrics"]["candidate"]
-    per_class = values["class_accuracy"]
+    per_class = {name: v for name, v in values["class_accuracy"].items() if v is not None}
     gap = summary["batch_norm_gap"]
     return {
         "accuracy": values["accuracy"], "macro": values["macro_accuracy"],
@@ -134,33 +136,71 @@ def previous_input(active: bool):
 
 
 def warm_start(span: str, seeds: int) -> list[dict]:
-    from pipeline.config import load_json
+    """Scheduled retraining through the front door: the default run (`python -m pipeline.run`,
+    built-in data) serves; a new span (e.g. faces-600-s1) is dropped as span-YYYYMMDD/ and
+    `pipeline.run --data drops --spans 1` runs in the same pipeline root, validation and gates
+    included, fine-tuning the serving model (warm) or with --from-scratch; each trial against a
+    fresh copy of the serving directory, so each is judged against the default run's model."""
+    import shutil
 
-    ingest = IngestConfig.load()
-    base_config = dataclasses.replace(TrainerConfig.load(),
-                                      epochs=load_json("default_data.json")["epochs"])
-    base = CACHE / "quality_base_model"
-    if not (base / "serving_model" / "saved_model.pb").exists():
-        trainer.run(examples_for("faces-4000"), str(base), base_config, ingest)
-    serving = str(base / "serving_model")
-    examples = examples_for(span)
+    base = CACHE / "quality_default_run"
+    kind, images, *seed = span.split("-")
+    drops = base / f"drops-{span}"
+    if not (base / "serving" / "fer" / "1").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        _front_door(base, [], "serving")
+    if not drops.exists():
+        default_data.write_csv(drops / "span-20261201" / "faces.csv", int(images),
+                               int(seed[0][1:]) if seed else 1)
     rows = []
-    print(f"\nWarm start: the serving model was trained on faces-4000; new span {span}")
-    print("| start | seed | test acc | serving model's test acc | macro | worst class | "
-          "best epoch / run | s to best | blessed against serving |")
+    print(f"\nWarm start through pipeline.run: the default run's model serves; new span {span}")
+    print("| start | seed | outcome | test examples (runs) | test acc | serving model's | "
+          "macro | not judged | reasons |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for seed in range(seeds):
-        for start, base_model in (("scratch", None), ("warm", serving)):
-            config = dataclasses.replace(TrainerConfig.load(), seed=seed)
-            row = {"data": span, "start": start, "seed": seed,
-                   **measure(examples, config, base_model, serving)}
-            rows.append(row)
-            print(f"| {start} | {seed} | {row['accuracy']:.3f} | {row['serving_accuracy']:.3f} | "
-                  f"{row['macro']:.3f} | {row['worst_class']} {row['worst']:.3f} | "
-                  f"{row['best_epoch']} / {row['epochs_run']} | {row['seconds_to_best']} | "
-                  f"{'yes' if row['blessed'] else 'no: ' + '; '.join(row['reasons'])} |",
-                  flush=True)
+    for trial in range(seeds):
+        for start in ("scratch", "warm"):
+            with tempfile.TemporaryDirectory() as work:
+                serving = Path(work) / "serving"
+                shutil.copytree(base / "serving", serving)
+                config = Path(work) / "trainer.json"
+                config.write_text(json.dumps({**json.loads(
+                    (Path(__file__).resolve().parent.parent / "schemas" / "trainer.json")
+                    .read_text()), "seed": trial}))
+                result = _front_door(base, ["--data", str(drops), "--spans", "1",
+                                            "--trainer-config", str(config),
+                                            *(["--from-scratch"] if start == "scratch" else [])],
+                                     str(serving), check=False)
+            if result.returncode:
+                outcome = "stopped: " + " ".join(result.stderr.split())[:300]
+                rows.append({"data": span, "start": start, "seed": trial, "outcome": outcome})
+                print(f"| {start} | {trial} | {outcome} | | | | | | |", flush=True)
+                continue
+            newest = max((base / "root" / "Evaluator").iterdir(), key=lambda p: int(p.name))
+            evaluation = json.loads((newest / "evaluation.json").read_text())
+            outcome = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
+            rows.append({"data": span, "start": start, "seed": trial, "outcome": outcome,
+                         "evaluation": evaluation})
+            values = evaluation["metrics"]
+            print(f"| {start} | {trial} | {outcome} | {evaluation['examples']} "
+                  f"({len(evaluation['examples_from'])}) | "
+                  f"{values['candidate']['accuracy']:.3f} | "
+                  f"{values['baseline']['accuracy']:.3f} | "
+                  f"{values['candidate']['macro_accuracy'] or 0:.3f} | "
+                  f"{', '.join(evaluation['not_judged']) or '-'} | "
+                  f"{'; '.join(evaluation['reasons']) or '-'} |", flush=True)
     return rows
+
+
+def _front_door(folder: Path, flags: list[str], serving: str, check: bool = True):
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.run", "--runner=DirectRunner",
+                             "--pipeline-root", "root", "--serving-dir", serving, *flags],
+                            cwd=folder, capture_output=True, text=True, timeout=3600)
+    if check and result.returncode:
+        raise SystemExit(f"pipeline.run {' '.join(flags)} failed:\n{result.stderr[-3000:]}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -173,9 +213,9 @@ def main(argv=None) -> int:
                         help="seeds run are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--epochs", type=int, help="epoch budget (default: the recipe's; the "
                         "built-in data's own budget from schemas/default_data.json for faces-4000)")
-    parser.add_argument("--warm-start", metavar="SPAN", help="also: a model trained on faces-4000 "
-                        "serves; a new span (e.g. faces-600-s1) is trained from scratch and from "
-                        "the serving model, each gated against it")
+    parser.add_argument("--warm-start", metavar="SPAN", help="also: the default run's model "
+                        "serves; a new span (e.g. faces-600-s1) is run through pipeline.run, "
+                        "from scratch and from the serving model, gated against it")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
 

@@ -18,7 +18,9 @@ import os
 import time
 
 import faces
-import pipeline  # noqa: F401  (quiets TensorFlow's C++ logging before it loads)
+import pipeline  # noqa: E402
+
+pipeline.quiet()  # before TensorFlow loads
 import tensorflow as tf
 import tf_keras as keras
 from components import trainer

@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import gzip
 import json
-import logging
 import os
 from typing import Sequence
 
@@ -38,8 +37,6 @@ from pipeline.errors import IntegrityError, UserError
 
 _NAMESPACE = "ExampleGen"
 _SCAN_BLOCK = 4 << 20
-# Beam's pure-Python CRC fallback costs about 10 us per record here: not worth a warning.
-logging.getLogger(tfrecordio.__name__).setLevel(logging.ERROR)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,19 @@ MultiWorkerMirroredStrategy (keras-team/keras#20585), which scaling out across m
 """
 import tensorflow as tf
 import tf_keras as keras
+from tensorflow.python.autograph.core import config as _autograph
 from tf_keras import layers
+
+# AutoGraph leaves Keras' own code alone by its module name, and TensorFlow 2.16 knows only
+# `keras`: tf_keras (the same Keras 2 code, renamed) is rewritten function by function on first
+# use, about 150 functions and 10-15 s of AST work in every process that trains, and each
+# train/test/predict function then traces slower. Later TensorFlow releases list tf_keras beside
+# keras; this adds it where it is missing. Our own functions and layers are converted as before
+# (a tf.function's own function always is; Keras converts each layer's call).
+if not any(rule.matches("tf_keras") for rule in _autograph.CONVERSION_RULES
+           if isinstance(rule, _autograph.DoNotConvert)):
+    _autograph.CONVERSION_RULES = (*_autograph.CONVERSION_RULES,
+                                   _autograph.DoNotConvert("tf_keras"))
 
 # (filters, kernel, dropout) per convolution block; block 1 has two convolutions.
 _CONV_BLOCKS = (((32, 3), (64, 3)), 0.025), (((128, 5),), 0.25), (((512, 3),), 0.25), \

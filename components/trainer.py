@@ -46,6 +46,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.model import build_cnn, compile_cnn
+import pipeline
 from pipeline import artifacts
 from pipeline.config import (LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig,
                              add_flags, resolve)
@@ -59,11 +60,13 @@ _SAVED_EPOCH = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"
 
 def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest: IngestConfig,
         distribution: str = "default", devices: list[str] | None = None,
-        base_model: str | None = None) -> dict:
+        base_model: str | None = None, export: bool = True) -> dict:
     """Train on Split-train, monitor Split-eval, export to output_dir; returns training.json.
 
     base_model: a SavedModel of this pipeline (the one serving) to start from instead of random
-    weights (TFX's "base model"); fine-tuned at config.warm_start's smaller learning rate."""
+    weights (TFX's "base model"); fine-tuned at config.warm_start's smaller learning rate.
+    export: False for a Tuner trial, whose score is kept and model thrown away: no
+    serving_model/ nor model.keras (serving_model is then None)."""
     strategy = _strategy(distribution, devices)  # first: collective ops must precede other TF use
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -72,7 +75,7 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
     out = output_dir if chief and output_dir else tempfile.mkdtemp(prefix="fer-worker-")
     try:
         summary = _train(examples_dir, out, config, ingest, strategy, distribution, chief,
-                         base_model)
+                         base_model, export)
     except tf.errors.DataLossError as e:
         raise IntegrityError(
             f"A TFRecord file under {examples_dir} is damaged ({e.message.splitlines()[0]}). "
@@ -85,7 +88,7 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
 
 
 def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, chief: bool,
-           base_model: str | None) -> dict:
+           base_model: str | None, export: bool = True) -> dict:
     files = {split: artifacts.example_files(examples_dir, split)
              for split in ("train", "eval")}
     for split, paths in files.items():
@@ -143,7 +146,7 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
 
     history = _read_history(history_path)
     best = _best_row(history, monitor)
-    if chief:
+    if chief and export:
         model = _best_model(trainer_model, best_weights, config, ingest)
         _export(model, artifacts.join(out, "serving_model"), ingest)
         model.save(artifacts.join(out, "model.keras"))
@@ -172,7 +175,7 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
         "warm_start": warm_start,
         "train_images_per_second": round(
             epochs_now * counts["train"].sum() / seconds, 1) if epochs_now else None,
-        "serving_model": artifacts.join(out, "serving_model"),
+        "serving_model": artifacts.join(out, "serving_model") if export else None,
     }
     artifacts.write_text(artifacts.join(out, "training.json"), json.dumps(summary, indent=2))
     return summary
@@ -535,6 +538,9 @@ def _export(model: keras.Model, path: str, ingest: IngestConfig) -> None:
 
     module = tf.Module()
     module.model = model  # tracked, so its variables are saved
+    # What a client needs to read the answers, carried by the model itself (pipeline.predict).
+    module.class_names = tf.Variable(list(ingest.classes), trainable=False, name="class_names")
+    module.image_size = tf.Variable(size, trainable=False, name="image_size")
     signatures = {
         "serving_default": tf.function(from_examples).get_concrete_function(
             tf.TensorSpec([None], tf.string, name="examples")),
@@ -568,6 +574,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     """Run the Trainer alone: the command each other worker of a multi-worker job runs, with the
     chief's own configuration flags, so that it resolves the same settings as the chief."""
+    pipeline.quiet()
     args = parse_args(argv)
     try:
         settings = resolve(args)

@@ -34,7 +34,7 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
         print(f"Tuner: trial {trial.number + 1}/{trials}: {values}", flush=True)
         folder = artifacts.join(output_dir, f"trial-{trial.number}")
         summary = trainer.run(examples_dir, folder, dataclasses.replace(
-            config.tuned(values), epochs=search.epochs_per_trial), ingest)
+            config.tuned(values), epochs=search.epochs_per_trial), ingest, export=False)
         artifacts.remove(folder)  # the trial's model is not used: its score is
         score = summary["best_eval"]["val_accuracy"]
         done.append({"number": trial.number, "values": values, "val_accuracy": score,

@@ -1,17 +1,37 @@
 """FER training pipeline: orchestration, configuration and the FER CSV format."""
 import atexit
+import logging
 import os
 import sys
 import warnings
 
-# Keep a user's terminal readable: TensorFlow's C++ start-up chatter (including
-# harmless "Unable to register cuDNN factory" errors on machines without a GPU)
-# and the Google client libraries' deprecation notices say nothing about this
-# pipeline. TF_CPP_MIN_LOG_LEVEL=0 in the environment brings TensorFlow's back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"google(\.|$)")
-# The same notices from the processes Beam starts (--direct_running_mode=multi_processing).
-os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+# TFMA's notices that say nothing to the user: its "support for TF 2.0 is in beta" (the pinned
+# TFMA 0.47 is the release built for TF 2.16) and TensorFlow's deprecation note about the
+# tf_record_iterator TFMA's own writer calls.
+_NOTICES = ("TFMA support for TF 2.0 is currently in beta", "tf_record_iterator")
+_QUIET = {  # logger: level; what these say at WARNING is not the user's to act on
+    "apache_beam.io.tfrecordio": logging.ERROR,  # no python-snappy: a slower CRC, nothing more
+    "apache_beam.runners.common": logging.CRITICAL,  # a failing step's traceback, before the
+    #                                                  error itself is explained in one paragraph
+    "apache_beam.runners.portability.local_job_service": logging.ERROR,  # workers' start-up
+    "apache_beam.options.pipeline_options": logging.ERROR,  # unknown flags: refused by run.py
+}
+
+
+def quiet() -> None:
+    """Keep a user's terminal readable; each command calls it first (importing the package
+    changes nothing). TensorFlow's C++ start-up chatter (including harmless "Unable to register
+    cuDNN factory" errors on machines without a GPU; TF_CPP_MIN_LOG_LEVEL=0 in the environment
+    brings it back), the Google client libraries' deprecation notices (also in the processes
+    Beam starts), and the loggers of _QUIET."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google(\.|$)")
+    for name, level in _QUIET.items():
+        logging.getLogger(name).setLevel(level)
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).addFilter(
+            lambda record: not any(n in record.getMessage() for n in _NOTICES))
 
 
 @atexit.register

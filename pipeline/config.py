@@ -8,17 +8,24 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
-def _schemas_dir() -> Path:
-    """Where the configuration lives: $FER_SCHEMAS_DIR if set; else the checkout's schemas/ (an
-    editable install, where users edit it); else the copy installed with the package."""
-    if os.environ.get("FER_SCHEMAS_DIR"):
-        return Path(os.environ["FER_SCHEMAS_DIR"])
+def _defaults_dir() -> Path:
+    """The shipped configuration: the checkout's schemas/ (an editable install), else the copy
+    installed with the package."""
     checkout = Path(__file__).resolve().parent.parent / "schemas"
     return checkout if (checkout / "ingest.json").is_file() else Path(__file__).parent / "schemas"
 
 
-SCHEMAS_DIR = _schemas_dir()
-CURATED_SCHEMA = SCHEMAS_DIR / "schema.pbtxt"  # the TFDV schema the data is validated against
+SCHEMAS_DIR = _defaults_dir()
+
+
+def config_path(name: str) -> Path:
+    """The file a run uses for config file `name` when no flag names one: $FER_SCHEMAS_DIR/<name>
+    if that folder holds it (it need hold only the files a user changed), else the shipped one."""
+    override = os.environ.get("FER_SCHEMAS_DIR")
+    if override and (Path(override) / name).exists():
+        return Path(override) / name
+    return SCHEMAS_DIR / name
+
 # The tf.Example features ExampleGen writes and every later component reads.
 LABEL_FEATURE, PIXELS_FEATURE = "emotion", "pixels"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as one folder name
@@ -27,9 +34,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe as one folder nam
 def load_json(name: str, path: str | Path | None = None) -> dict:
     """Read one config file (default: schemas/<name>), with a readable error if it is broken."""
     given = path is not None
-    path = Path(path) if given else SCHEMAS_DIR / name
+    path = Path(path) if given else config_path(name)
     try:
         return json.loads(path.read_text())
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise UserError(f"Config file {path} is not a text file of JSON. Pass a JSON file.") \
+            from None
     except FileNotFoundError:
         how = ("Pass an existing file" if given else
                f"Restore it from the repository (git checkout -- schemas/{name})")
@@ -62,7 +72,7 @@ def _with_flags(cfg, label: str, flags: dict | None):
 
 def _from_json(cls, name: str, label: str, path: str | Path | None):
     """(cls built from the entries of config file `name`, where it came from)."""
-    where = path or SCHEMAS_DIR / name
+    where = path or config_path(name)
     try:
         return cls(**load_json(name, path)), where
     except TypeError as e:
@@ -100,7 +110,7 @@ class IngestConfig:
         """The file's config (default: schemas/ingest.json), then flags {"--flag": (entry,
         value or None)} over it; a bad value is blamed on the file or flag that holds it."""
         raw = load_json("ingest.json", path)
-        where = path or SCHEMAS_DIR / "ingest.json"
+        where = path or config_path("ingest.json")
         try:
             cfg = cls(
                 classes=tuple(raw["classes"]),
@@ -163,7 +173,7 @@ class TrainerConfig:
     def load(cls, path: str | Path | None = None, flags: dict | None = None) -> "TrainerConfig":
         """As IngestConfig.load, from schemas/trainer.json."""
         raw = load_json("trainer.json", path)
-        where = path or SCHEMAS_DIR / "trainer.json"
+        where = path or config_path("trainer.json")
         fields = {f.name for f in dataclasses.fields(cls)}
         if set(raw) != fields:
             missing, extra = sorted(fields - set(raw)), sorted(set(raw) - fields)
@@ -229,11 +239,19 @@ class EvaluationConfig:
     floors: lowest value allowed; max_drop_vs_serving: largest drop allowed against the model now
     serving. Both name accuracy (top-1), macro_accuracy (mean of the per-class values) and
     class_accuracy (per class: the share of its examples whose top-1 prediction is that class),
-    the latter per class name with a "default" for the classes not named.
+    the latter per class name with a "default" for the classes not named. Each is judged on the
+    evidence: a gate fails only when the whole `confidence` interval lies beyond its bound, and
+    a class with fewer than min_class_examples examples is not judged. The examples: the
+    evaluation split of this run's data and, until there are min_examples of them, of the data
+    of earlier validated runs (newest first, at most max_earlier_runs).
     """
 
     model_name: str
     split: str
+    confidence: float
+    min_class_examples: int
+    min_examples: int
+    max_earlier_runs: int
     floors: dict
     max_drop_vs_serving: dict
 
@@ -257,6 +275,15 @@ class EvaluationConfig:
                             f"'.' or '-'")
         if self.split not in splits:
             problems.append(f"split {self.split!r} is not one of the splits {', '.join(splits)}")
+        if not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1:
+            problems.append(f"confidence must lie in [0.5, 1), e.g. 0.95 (got {self.confidence!r})")
+        for name, least in (("min_class_examples", 1), ("min_examples", 0),
+                            ("max_earlier_runs", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not (
+                    least <= value <= 10_000_000):
+                problems.append(f"{name} must be a whole number from {least} to 10000000 "
+                                f"(got {value!r})")
         for section in ("floors", "max_drop_vs_serving"):
             for metric, value in getattr(self, section).items():
                 if metric not in GATED_METRICS:
@@ -330,7 +357,7 @@ _ANOMALY_CHECKS = ("schema", "skew", "drift", "missing_class")
 
 def load_validation(splits, path: str | Path | None = None) -> dict:
     """The ExampleValidator's policy (schemas/validation.json), checked against the splits."""
-    policy, where = load_json("validation.json", path), path or SCHEMAS_DIR / "validation.json"
+    policy, where = load_json("validation.json", path), path or config_path("validation.json")
     problems = []
     exposure = policy.get("exposure")
     if not isinstance(exposure, dict) or set(exposure) != {
@@ -350,7 +377,12 @@ def load_validation(splits, path: str | Path | None = None) -> dict:
                         f"are {', '.join(splits)})")
     if policy.get("drift_split") not in splits:
         problems.append(f"drift_split must be one of the splits {', '.join(splits)}")
-    extra = sorted(set(policy) - {"exposure", "on_anomaly", "skew_against_train", "drift_split"})
+    level = policy.get("significance_level")
+    if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0 < level < 0.5:
+        problems.append(f"significance_level must be a probability in (0, 0.5): how unlikely a "
+                        f"difference must be under sampling alone to count (got {level!r})")
+    extra = sorted(set(policy) - {"exposure", "on_anomaly", "skew_against_train", "drift_split",
+                                  "significance_level"})
     if extra:
         problems.append(f"unknown entries {extra}")
     refuse(f"Validation config {where}", problems)
@@ -366,6 +398,7 @@ class Settings:
     trainer: TrainerConfig
     evaluation: EvaluationConfig
     validation: dict
+    schema: str | None      # the curated TFDV schema (None: none yet, TFDV's inferred one is used)
     tuner: TunerConfig | None
     tune: int
 
@@ -407,6 +440,15 @@ def add_flags(parser) -> None:
         "--tuner-config", metavar="FILE",
         help="the Tuner's search space and epochs per trial (default: schemas/tuner.json)")
     parser.add_argument(
+        "--validation-config", metavar="FILE",
+        help="the ExampleValidator's policy (default: schemas/validation.json): stop or warn per "
+             "check, the splits compared, the significance level that separates a real change "
+             "from sampling noise, exposure thresholds")
+    parser.add_argument(
+        "--schema", metavar="FILE",
+        help="the curated TFDV schema every split is validated against (default: "
+             "schemas/schema.pbtxt): domains, presence, skew and drift thresholds")
+    parser.add_argument(
         "--evaluation-config", metavar="FILE",
         help="the gates a model must pass to be pushed (default: schemas/evaluation.json): "
              "floors for overall, macro and per-class accuracy, largest drop against the "
@@ -422,15 +464,20 @@ def resolve(args) -> Settings:
     if not args.data and not args.trainer_config:
         budget = load_json("default_data.json").get("epochs")
         if not isinstance(budget, int) or budget < 1:
-            raise UserError(f"Config file {SCHEMAS_DIR / 'default_data.json'} must give the "
+            raise UserError(f"Config file {config_path('default_data.json')} must give the "
                             f"built-in data's \"epochs\", a whole number >= 1 (got {budget!r}).")
         trainer = dataclasses.replace(trainer, epochs=budget)
     trainer = _with_flags(trainer, "trainer", {"--epochs": ("epochs", args.epochs),
                                                "--batch-size": ("batch_size", args.batch_size)})
     if args.tune < 0:
         raise UserError(f"--tune takes a number of trials, 0 or more (got {args.tune}).")
+    schema = Path(args.schema) if args.schema else config_path("schema.pbtxt")
+    if args.schema and not schema.is_file():
+        raise UserError(f"Schema file {schema} (--schema) does not exist. Pass an existing "
+                        f"file, a TFDV Schema in text form.")
     return Settings(
         ingest=ingest, trainer=trainer,
         evaluation=EvaluationConfig.load(ingest.classes, ingest.splits, args.evaluation_config),
-        validation=load_validation(ingest.splits),
+        validation=load_validation(ingest.splits, args.validation_config),
+        schema=str(schema.resolve()) if schema.is_file() else None,
         tuner=TunerConfig.load(args.tuner_config) if args.tune else None, tune=args.tune)

@@ -39,7 +39,7 @@ def write(path: str, statistics: dict[str, str], examples_dir: str, classes, ima
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FER data</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 td,th{{padding:2px 10px;text-align:right}} td:first-child{{text-align:left}}
-.stop{{color:#c0392b}}.warn{{color:#b9770e}}</style></head><body>
+.stop{{color:#c0392b}}.warn{{color:#b9770e}}.noise{{color:#888888}}</style></head><body>
 <h1>Data</h1>
 <table><tr><th>split</th><th>examples</th>{''.join(f'<th>{html.escape(c)}</th>' for c in classes)}</tr>
 {rows}</table>

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+import pipeline
 from pipeline import artifacts
 from pipeline.config import IngestConfig, load_json
 
@@ -163,6 +164,7 @@ def _segment_distance(x, y, a, b) -> np.ndarray:
 
 
 def main(argv=None) -> int:
+    pipeline.quiet()
     spec = load_json("default_data.json")
     parser = argparse.ArgumentParser(prog="python -m pipeline.default_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

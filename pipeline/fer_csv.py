@@ -50,8 +50,10 @@ def input_files(data: str | list[str]) -> list[str]:
 
     from apache_beam.io.filesystems import FileSystems
 
-    patterns = [os.path.join(d, "*") if os.path.isdir(d) else d
-                for d in ([data] if isinstance(data, str) else data)]
+    from pipeline import artifacts
+
+    patterns = [artifacts.join(d, "*") if not any(c in d for c in "*?[") and artifacts.is_dir(d)
+                else d for d in ([data] if isinstance(data, str) else data)]
     try:
         found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
     except Exception as e:  # Beam raises BeamIOError with a nested reason

@@ -473,6 +473,58 @@ class Store:
         [artifact_id] = self.store.put_artifacts([artifact])
         return artifact_id
 
+    def _validated_statistics(self):
+        """(StatisticsGen artifact, its execution) that a finished ExampleValidator of this root
+        let through, newest validation first."""
+        validator = self._type("execution", "ExampleValidator")
+        passed = sorted((e for e in self.store.get_executions_by_context(self.pipeline.id)
+                         if e.type_id == validator
+                         and e.last_known_state == mlmd.Execution.COMPLETE),
+                        key=lambda e: e.id, reverse=True)
+        for e in passed:
+            for statistics in self._inputs(e, "ExampleStatistics"):
+                for producer in self._producers(statistics.id):
+                    yield statistics, producer
+
+    def previous_statistics(self, split: str, other_than: str) -> str | None:
+        """The statistics of `split` that the newest finished validation of this root passed,
+        other than `other_than` (this run's own, when its StatisticsGen was reused)."""
+        for statistics, producer in self._validated_statistics():
+            path = json.loads(producer.custom_properties["result"].string_value).get(split)
+            if statistics.state == mlmd.Artifact.LIVE and path and path != other_than and (
+                    artifacts.exists(path)):
+                return path
+        return None
+
+    def validated_examples(self) -> list[tuple[str, dict, int, str, set[int]]]:
+        """ExampleGen outputs of this root that a finished ExampleValidator let through, newest
+        first: (folder, ExampleGen's result, artifact id, fingerprint, ids of its input files)."""
+        found, seen = [], set()
+        for _, producer in self._validated_statistics():
+            for examples in self._inputs(producer, "Examples"):
+                folder = examples.uri
+                if examples.id in seen or examples.state != mlmd.Artifact.LIVE or not (
+                        artifacts.is_complete(folder)):
+                    continue
+                seen.add(examples.id)
+                [made_by] = self._producers(examples.id)
+                files = {a.id for a in self._inputs(made_by, "DataFile")}
+                found.append((folder, json.loads(
+                    made_by.custom_properties["result"].string_value), examples.id,
+                    examples.custom_properties["fingerprint"].string_value, files))
+        return found
+
+    def _inputs(self, e: mlmd.Execution, type_name: str) -> list[mlmd.Artifact]:
+        ids = [v.artifact_id for v in self.store.get_events_by_execution_ids([e.id])
+               if v.type == mlmd.Event.INPUT]
+        type_id = self._type("artifact", type_name)
+        return [a for a in self.store.get_artifacts_by_id(ids) if a.type_id == type_id]
+
+    def _producers(self, artifact_id: int) -> list[mlmd.Execution]:
+        ids = [v.execution_id for v in self.store.get_events_by_artifact_ids([artifact_id])
+               if v.type == mlmd.Event.OUTPUT]
+        return self.store.get_executions_by_id(ids)
+
     def output_of(self, e: mlmd.Execution) -> int:
         [event] = [v for v in self.store.get_events_by_execution_ids([e.id])
                    if v.type == mlmd.Event.OUTPUT]

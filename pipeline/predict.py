@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+import pipeline
 from pipeline import serving
 from pipeline.errors import UserError, report_error
 
@@ -27,6 +28,7 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
 
 
 def main(argv=None) -> int:
+    pipeline.quiet()
     parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, metavar="DIR")
@@ -39,7 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("inputs", nargs="+", metavar="INPUT")
     args = parser.parse_args(argv)
     try:
-        model, classes = _load(Path(args.model)), _classes()
+        model = _load(Path(args.model))
+        classes = _classes(model)
         photos = [p for p in map(Path, args.inputs) if p.suffix.lower() in _IMAGE_SUFFIXES]
         for path in map(Path, args.inputs):
             if not path.is_file():
@@ -158,7 +161,11 @@ def _annotate(photo, found: list[dict], out: Path) -> None:
                         f"ending in .png in a folder that exists and can be written.")
 
 
-def _classes():
+def _classes(model) -> tuple[str, ...]:
+    """The class names the model carries (every model this pipeline exports); the shipped
+    ingestion config's for a model from before they were carried."""
+    if hasattr(model, "class_names"):
+        return tuple(name.decode() for name in model.class_names.numpy())
     from pipeline.config import IngestConfig
     return IngestConfig.load().classes
 

@@ -35,9 +35,21 @@ def write(path: str, evaluation: dict, history_csv: str, data_page: str,
     header = "".join(f"<th>{'this model' if m == 'candidate' else 'serving model'}</th>"
                      for m in models)
     numbers = "".join(
-        f"<tr><td>{label}</td>" + "".join(f"<td>{metrics[m][key]:.3f}</td>" for m in models)
+        f"<tr><td>{label}</td>" + "".join(f"<td>{_number(metrics[m].get(key))}</td>"
+                                          for m in models)
         + "</tr>" for key, label in (("accuracy", "overall accuracy"),
                                      ("macro_accuracy", "macro-averaged accuracy")))
+    sources = evaluation.get("examples_from") or []
+    unjudged = evaluation.get("not_judged") or {}
+    evidence = (f"<p>Judged on the {evaluation['split']} split of " + (
+        "this run's data" if len(sources) <= 1 else
+        f"this run's data and of {len(sources) - 1} earlier validated run(s) on other data "
+        f"(the gates ask for {evaluation['gates']['min_examples']:,} examples)")
+        + ": " + ", ".join(html.escape(s) for s in sources) + ". A gate fails only when the "
+        f"whole {evaluation['gates']['confidence']:.0%} interval lies beyond it."
+        + ("".join(f"<br>Not judged: class {html.escape(c)}, only {n} {evaluation['split']} "
+                   f"example(s) (fewer than {evaluation['gates']['min_class_examples']})"
+                   for c, n in unjudged.items())) + "</p>") if sources else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>FER run: {verdict}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}
 .ok{{color:#1a7f37}}.no{{color:#c0392b}}img{{max-width:100%}}td,th{{padding:2px 10px}}
@@ -47,7 +59,7 @@ th{{text-align:left}}</style>
 <p>Model {html.escape(evaluation['model'])}: {html.escape(outcome)}.<br>
 Compared with {html.escape(evaluation['baseline'] or 'no serving model (first push)')}.<br>
 The data it was trained on: <a href="{html.escape(link)}">{html.escape(link)}</a></p>
-{f'<h2>Why not</h2><ul>{reasons}</ul>' if reasons else ''}
+{f'<h2>Why not</h2><ul>{reasons}</ul>' if reasons else ''}{evidence}
 <table><tr><th>{evaluation['examples']:,} {evaluation['split']} examples</th>{header}</tr>
 {numbers}{_training_rows(training)}</table>
 {''.join(f'<h2>{t}</h2><p><img src="data:image/png;base64,{f}"></p>' for t, f in figures if f)}
@@ -55,6 +67,10 @@ The data it was trained on: <a href="{html.escape(link)}">{html.escape(link)}</a
     artifacts.makedirs(os.path.dirname(path))
     artifacts.write_text(path, page)
     return path
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _training_rows(training: dict) -> str:
@@ -105,8 +121,12 @@ def _per_class(evaluation, classes) -> str:
     figure, ax = plt.subplots(figsize=(9, 4))
     baseline = evaluation["metrics"].get("baseline")
     width = 0.4 if baseline else 0.7
+    intervals = evaluation.get("intervals", {})
+    spans = np.array([[(v or 0) - intervals[c]["low"], intervals[c]["high"] - (v or 0)]
+                      if c in intervals else [0, 0] for c, v in zip(classes, values)]).T
     bars = ax.bar(x - (width / 2 if baseline else 0), [v or 0 for v in values], width,
-                  label="this model")
+                  label="this model", yerr=spans if intervals else None, capsize=3,
+                  ecolor="#555555")
     ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     if baseline:
         served = ax.bar(x + width / 2, [baseline["class_accuracy"][c] or 0 for c in classes],

@@ -9,12 +9,12 @@ import dataclasses
 import difflib
 import functools
 import json
-import logging
 import os
 import signal
 import sys
 import typing
 
+import pipeline
 from pipeline import artifacts, config
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
 
@@ -64,14 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    pipeline.quiet()
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    # Beam logs a failing step's traceback before raising the error itself, which is then either
-    # explained in one paragraph or, if unexpected, printed with its traceback anyway.
-    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
-    # What Beam's worker processes log at start-up (no pickled main session, options that are
-    # the driver's): nothing for the user.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
-        logging.ERROR)
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's stop
         signal.signal(signum, _stop)
     try:
@@ -105,8 +99,6 @@ def check_beam_args(beam_args) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.runners import create_runner
 
-    # Beam warns about each flag it does not know; the one error below says it better.
-    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)
     options = PipelineOptions(beam_args)
     runner = options.view_as(StandardOptions).runner
     if runner and "dask" in str(runner).lower():  # by its short name or its class path
@@ -180,7 +172,7 @@ def steps() -> tuple[Step, ...]:
         Step("StatisticsGen", ("ExampleGen",), _statistics, _say_statistics, parameters=lambda r: {
             "exposure": r.settings.validation["exposure"], "schema": r.curated_schema_text}),
         Step("SchemaGen", ("StatisticsGen",), _schema, _say_schema, parameters=lambda r: {
-            "schema": r.curated_schema_text}),
+            "schema": r.curated_schema_text, "classes": r.settings.ingest.classes}),
         Step("ExampleValidator", ("StatisticsGen", "SchemaGen"), _validate, _say_validation,
              parameters=lambda r: {"policy": r.settings.validation,
                                    "previous": r.previous_statistics}),
@@ -193,6 +185,9 @@ def steps() -> tuple[Step, ...]:
                  "config": dataclasses.asdict(r.trainer_config),
                  "distribution": r.args.distribution, "warm_start": not r.args.from_scratch}),
         Step("Evaluator", ("Trainer", "ExampleGen"), _evaluate, _say_evaluation,
+             recorded=lambda r: [(artifact, print_) for _, artifact, print_ in
+                                 r.evaluation_examples[1:]],
+             then=_nothing_new_after_evaluation,
              parameters=lambda r: {"gates": dataclasses.asdict(r.settings.evaluation),
                                    "baseline": str(r.baseline),
                                    "baseline_content": r.baseline_content}),
@@ -312,13 +307,34 @@ class Run:
 
     @functools.cached_property
     def curated_schema_text(self) -> str | None:
-        path = config.CURATED_SCHEMA
-        return path.read_text() if path.exists() else None
+        path = self.settings.schema
+        return open(path).read() if path else None
 
     @functools.cached_property
     def previous_statistics(self) -> str | None:
-        return _previous_validated_statistics(self.root, self.settings.validation["drift_split"],
-                                              self.result("StatisticsGen")["train"])
+        split = self.settings.validation["drift_split"]
+        return self.store.previous_statistics(split, self.result("StatisticsGen")[split])
+
+    @functools.cached_property
+    def evaluation_examples(self) -> list[tuple[str, int, str]]:
+        """(folder, artifact, fingerprint) of the examples the Evaluator judges on, this run's
+        first: a span of a few hundred faces is too few to judge a model on, so the evaluation
+        split of earlier validated runs on other data is added, newest first, until the gates'
+        min_examples (at most max_earlier_runs of them)."""
+        gates, split = self.settings.evaluation, self.settings.evaluation.split
+        own = self.outputs["ExampleGen"]
+        chosen = [(own.folder, own.artifact, own.fingerprint)]
+        count = own.result["written"].get(split, 0)
+        used = set(self.store.input_files(self.data_files))
+        for folder, result, artifact, print_, files in self.store.validated_examples():
+            if count >= gates.min_examples or len(chosen) > gates.max_earlier_runs:
+                break
+            if artifact == own.artifact or files & used:
+                continue
+            chosen.append((folder, artifact, print_))
+            used |= files
+            count += result["written"].get(split, 0)
+        return chosen
 
     @property
     def trainer_config(self):
@@ -386,7 +402,7 @@ def _statistics(run: Run, out: str) -> dict:
     return statistics_gen.run(
         run.folder("ExampleGen"), out, run.settings.ingest.splits,
         run.settings.validation["exposure"],
-        schema_gen.load_curated(config.CURATED_SCHEMA) if run.curated_schema_text else None,
+        schema_gen.load_curated(run.settings.schema) if run.settings.schema else None,
         run.beam_args)
 
 
@@ -398,13 +414,14 @@ def _say_statistics(run: Run, output: Output) -> str:
 def _schema(run: Run, out: str):
     from components import schema_gen
 
-    return schema_gen.run(run.result("StatisticsGen")["train"], out, config.CURATED_SCHEMA)
+    return schema_gen.run(run.result("StatisticsGen")["train"], out, run.settings.schema,
+                          run.settings.ingest.classes)
 
 
 def _say_schema(run: Run, output: Output) -> str:
     schema_path, is_curated = output.result
-    source = (f"the curated {config.CURATED_SCHEMA}" if is_curated
-              else "the schema TFDV inferred (no curated schemas/schema.pbtxt yet)")
+    source = (f"the curated {run.settings.schema}" if is_curated
+              else "the schema TFDV inferred (no curated schema.pbtxt yet)")
     return (f"SchemaGen: validating against {source}; inferred for review: "
             f"{artifacts.join(os.path.dirname(schema_path), 'inferred_schema.pbtxt')}")
 
@@ -439,11 +456,13 @@ def _data_page(run: Run, out: str) -> str:
 
 
 def _say_validation(run: Run, output: Output) -> str:
-    lines = [f"  warning [{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}"
-             for f in output.result]
+    lines = [f"  {'warning' if f['action'] == 'warn' else 'sampling noise'} [{f['check']}] "
+             f"{f['split']}, feature '{f['feature']}': {f['what']}" for f in output.result]
+    noise = sum(f["action"] == "noise" for f in output.result)
     return "\n".join([*lines, (
-        f"ExampleValidator: data passed ({len(output.result)} warning(s); drift checked "
-        f"against {run.previous_statistics or 'nothing: no earlier validated run'})"),
+        f"ExampleValidator: data passed ({len(output.result) - noise} warning(s), {noise} "
+        f"difference(s) within sampling noise; drift checked against "
+        f"{run.previous_statistics or 'nothing: no earlier validated run'})"),
         f"  data page (class counts, image features, sample faces, findings): "
         f"{artifacts.join(output.folder, 'data.html')}"])
 
@@ -483,20 +502,24 @@ def _train(run: Run, out: str) -> dict:
 
 def _worker_command(run: Run) -> str:
     """The command that makes a machine of the cluster (TF_CONFIG) train beside this chief, with
-    exactly its settings: the same configuration flags, base model and tuned values."""
+    exactly its settings: the same configuration flags, base model and tuned values; quoted for
+    a shell (a glob given as --data reaches the worker as the chief got it)."""
+    import shlex
+
     args = run.args
-    command = ["python -m components.trainer", f"--examples {run.folder('ExampleGen')}",
-               "--distribution multi_worker"]
+    command = ["python", "-m", "components.trainer", "--examples", run.folder("ExampleGen"),
+               "--distribution", "multi_worker"]
     if run.base_model:
-        command.append(f"--base-model {run.base_model}")
+        command += ["--base-model", run.base_model]
     if "Tuner" in run.outputs:
-        command.append(f"--hyperparameters {run.folder('Tuner')}/best_hyperparameters.json")
+        command += ["--hyperparameters",
+                    artifacts.join(run.folder("Tuner"), "best_hyperparameters.json")]
     for flag in ("data", "ingest_config", "max_bad_rows", "trainer_config", "epochs",
                  "batch_size"):
         value = getattr(args, flag)
         if value is not None:
-            command.append(f"--{flag.replace('_', '-')} {value}")
-    return " ".join(command)
+            command += [f"--{flag.replace('_', '-')}", str(value)]
+    return shlex.join(command)
 
 
 def _say_trainer(run: Run, output: Output) -> str:
@@ -521,7 +544,8 @@ def _nothing_new(run: Run) -> str | None:
 def _evaluate(run: Run, out: str) -> dict:
     from components import evaluator
 
-    return evaluator.run(run.result("Trainer")["serving_model"], run.folder("ExampleGen"), out,
+    return evaluator.run(run.result("Trainer")["serving_model"],
+                         [folder for folder, _, _ in run.evaluation_examples], out,
                          run.settings.evaluation, run.settings.ingest.classes,
                          run.baseline, run.beam_args)
 
@@ -529,12 +553,31 @@ def _evaluate(run: Run, out: str) -> dict:
 def _say_evaluation(run: Run, output: Output) -> str:
     evaluation = output.result
     values = evaluation["metrics"]["candidate"]
+    earlier = len(evaluation["examples_from"]) - 1
+    macro = values["macro_accuracy"]
     return "\n".join([
         f"Evaluator: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'} on "
-        f"{evaluation['examples']:,} {run.settings.evaluation.split} examples: accuracy "
-        f"{values['accuracy']:.3f}, macro {values['macro_accuracy']:.3f}; compared with "
+        f"{evaluation['examples']:,} {run.settings.evaluation.split} examples"
+        + (f" (this run's and those of {earlier} earlier validated run(s))" if earlier else "")
+        + f": accuracy {values['accuracy']:.3f}, macro "
+        f"{'n/a' if macro is None else f'{macro:.3f}'}; compared with "
         f"{run.baseline or 'no serving model'}",
-        *(f"  - {reason}" for reason in evaluation["reasons"])])
+        *(f"  - {reason}" for reason in evaluation["reasons"]),
+        *(f"  - class {name} not judged: only {n} {evaluation['split']} example(s) (fewer than "
+          f"{evaluation['gates']['min_class_examples']}); it neither blesses nor blocks"
+          for name, n in evaluation["not_judged"].items())])
+
+
+def _nothing_new_after_evaluation(run: Run) -> str | None:
+    """A model already judged NOT BLESSED against this same serving model: nothing to push, and
+    nothing to rewrite."""
+    trained, judged = run.outputs["Trainer"], run.outputs["Evaluator"]
+    if trained.cached and judged.cached and not judged.result["blessed"]:
+        return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
+                f"model was NOT BLESSED for the reasons above, so nothing was pushed; still "
+                f"serving {run.baseline or 'nothing yet'}. Its report: "
+                f"{_report_path(run)}")
+    return None
 
 
 def _push(run: Run, out: str) -> dict:
@@ -550,7 +593,7 @@ def _say_push(run: Run, output: Output) -> str:
 
     pushed, trained = output.result, run.outputs["Trainer"]
     page = report.write(
-        artifacts.join(run.root, "reports", f"{os.path.basename(run.folder('Evaluator'))}.html"),
+        _report_path(run),
         run.result("Evaluator"), artifacts.join(trained.folder, "history.csv"),
         artifacts.join(run.folder("ExampleValidator"), "data.html"), pushed, trained.result,
         examples_dir=run.folder("ExampleGen"))
@@ -559,22 +602,13 @@ def _say_push(run: Run, output: Output) -> str:
     else:
         line = (f"Pusher: not pushed (not blessed); still serving "
                 f"{run.baseline or 'nothing yet'}; the model stays in "
-                f"{trained.result['serving_model']}")
+                f"{trained.result['serving_model']} (its lineage: python -m pipeline.lineage "
+                f"--pipeline-root {run.root} --execution {trained.folder})")
     return f"{line}\nReport: {page}"
 
 
-def _previous_validated_statistics(root: str, split: str, now: str) -> str | None:
-    """The statistics of `split` that the newest successful ExampleValidator approved, other than
-    this run's own (a reused StatisticsGen execution)."""
-    validators = artifacts.join(root, "ExampleValidator")
-    runs = sorted((int(n) for n in artifacts.listdir(validators) if n.isdigit()), reverse=True)
-    for run_dir in (artifacts.join(validators, n) for n in runs):
-        report = artifacts.join(run_dir, "anomalies.json")
-        if artifacts.is_complete(run_dir) and artifacts.exists(report):
-            path = json.loads(artifacts.read_text(report))["statistics"].get(split)
-            if path and artifacts.exists(path) and path != now:
-                return path
-    return None
+def _report_path(run: Run) -> str:
+    return artifacts.join(run.root, "reports", f"{os.path.basename(run.folder('Evaluator'))}.html")
 
 
 def _newest_spans(data: str, window: int) -> str | list[str]:

@@ -52,3 +52,87 @@ def test_the_validation_policy_is_checked(tmp_path, change, complaint):
                                 **change}))
     with pytest.raises(UserError, match=complaint):
         load_validation(("train", "eval", "test"), path)
+
+
+def test_the_significance_level_is_checked(tmp_path):
+    path = tmp_path / "validation.json"
+    path.write_text(json.dumps({**load_json("validation.json"), "significance_level": 0.7}))
+    with pytest.raises(UserError, match=f"Validation config {path} is inconsistent: "
+                                        f"significance_level must be a probability"):
+        resolve(run.parse_args(["--validation-config", str(path)])[0])
+
+
+def test_configuration_from_a_folder_outside_the_checkout(tmp_path, monkeypatch):
+    """FER_SCHEMAS_DIR holds only the files a user changed; the rest are the shipped ones, and
+    an error names the file actually used."""
+    mine = tmp_path / "etc-fer"
+    mine.mkdir()
+    (mine / "evaluation.json").write_text(json.dumps({**load_json("evaluation.json"),
+                                                      "confidence": 0.9}))
+    monkeypatch.setenv("FER_SCHEMAS_DIR", str(mine))
+    settings = resolve(run.parse_args([])[0])
+    assert settings.evaluation.confidence == 0.9  # the user's file
+    assert settings.validation == json.loads((SCHEMAS_DIR / "validation.json").read_text())
+    assert settings.schema == str((SCHEMAS_DIR / "schema.pbtxt").resolve())
+    (mine / "evaluation.json").write_text(json.dumps({**load_json("evaluation.json"),
+                                                      "confidence": 2}))
+    with pytest.raises(UserError, match=f"Gating config {mine / 'evaluation.json'} is wrong: "
+                                        f"confidence must lie in"):
+        resolve(run.parse_args([])[0])
+    (mine / "evaluation.json").unlink()
+
+    policy, schema = tmp_path / "policy.json", tmp_path / "my_schema.pbtxt"
+    policy.write_text(json.dumps({**load_json("validation.json"), "significance_level": 0.01}))
+    schema.write_text((SCHEMAS_DIR / "schema.pbtxt").read_text())
+    settings = resolve(run.parse_args(["--validation-config", str(policy),
+                                       "--schema", str(schema)])[0])
+    assert settings.validation["significance_level"] == 0.01
+    assert settings.schema == str(schema.resolve())
+    with pytest.raises(UserError, match=f"Schema file {tmp_path / 'none.pbtxt'} \\(--schema\\) "
+                                        f"does not exist"):
+        resolve(run.parse_args(["--schema", str(tmp_path / "none.pbtxt")])[0])
+    (mine / "validation.json").write_text("{not json")
+    with pytest.raises(UserError, match=f"Config file {mine / 'validation.json'} is not valid"):
+        resolve(run.parse_args([])[0])
+
+
+def test_the_command_printed_for_other_workers_survives_a_shell(tmp_path):
+    """Run through a shell, the printed worker command gives the worker the chief's very flags:
+    a quoted glob stays a glob (here it would match a file), a space stays inside its word."""
+    import subprocess
+    import sys
+    import types
+
+    (tmp_path / "drops dir").mkdir()
+    (tmp_path / "drops dir" / "a.csv.gz").write_bytes(b"")
+    flags = ["--data", "drops dir/*.csv.gz", "--epochs", "2", "--batch-size", "16"]
+    chief = types.SimpleNamespace(args=run.parse_args(flags)[0], base_model="/s/fer/1",
+                                  outputs={}, folder=lambda step: "/root/ExampleGen/1")
+    line = run._worker_command(chief)
+    assert line.startswith("python -m components.trainer ")
+    echo = f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
+    shown = subprocess.run(["bash", "-c", line.replace("python -m components.trainer", echo)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    argv = json.loads(shown.stdout)
+    assert argv[argv.index("--data") + 1] == "drops dir/*.csv.gz"
+    assert resolve(trainer.parse_args(argv)) == resolve(chief.args)
+
+
+def test_importing_the_package_changes_no_environment_and_no_logger():
+    """Only a command's main quiets anything (pipeline.quiet): a program that imports the
+    package keeps its own environment and logging."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, os, pipeline, components.example_gen\n"
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'), os.environ.get('PYTHONWARNINGS'),\n"
+            "      logging.getLogger('apache_beam.io.tfrecordio').level)\n"
+            "pipeline.quiet()\n"
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'),\n"
+            "      logging.getLogger('apache_beam.io.tfrecordio').level)\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120).stdout.split("\n")
+    assert out[0] == "None None 0" and out[1] == "3 40"

@@ -1,5 +1,6 @@
 """The built-in synthetic faces: deterministic, FER-shaped, learnable but not trivially."""
 import numpy as np
+import pytest
 
 from components import example_gen
 from pipeline import default_data
@@ -19,22 +20,25 @@ def test_generated_csv_is_valid_fer_and_ingests_without_loss(tmp_path, config):
     assert counts["quarantined"] == 0 and sum(counts["written"].values()) == 300
 
 
-def _sample(n, seed):
-    labels, images = zip(*((l, im) for l, im, _ in default_data.generate(n, seed)))
+@pytest.fixture(scope="module")
+def sample():
+    """2400 generated faces (labels, images scaled to 0-1): both statistical tests below read
+    them, rather than each drawing its own thousands."""
+    labels, images = zip(*((l, im) for l, im, _ in default_data.generate(2400, seed=6)))
     return np.array(labels), np.stack(images).astype(np.float32) / 255
 
 
-def test_class_imbalance_follows_fer2013():
-    labels, _ = _sample(1500, seed=5)
+def test_class_imbalance_follows_fer2013(sample):
+    labels, _ = sample
     counts = np.asarray(load_json("default_data.json")["fer2013_train_class_counts"], float)
     shares = np.bincount(labels, minlength=7) / len(labels)
     np.testing.assert_allclose(shares, counts / counts.sum(), atol=0.03)
     assert shares[1] < 0.04  # Disgust is rare, as in FER2013
 
 
-def test_learnable_but_not_trivially():
+def test_learnable_but_not_trivially(sample):
     """A linear model beats the majority class clearly, yet stays far from perfect."""
-    labels, images = _sample(2400, seed=6)
+    labels, images = sample
     # 12x12 block means: a small feature space a linear model can fit in a second.
     x = images.reshape(-1, 12, 4, 12, 4).mean(axis=(2, 4)).reshape(len(labels), -1)
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)

@@ -181,6 +181,7 @@ def test_unusable_input_is_one_clear_user_error(tmp_path, config, make, words):
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.slow  # two worker processes; test_small_chunks_... checks the same counts in-process
 def test_multi_process_runner_loses_nothing(tmp_path, config):
     data = write_csv(tmp_path / "fer.csv", valid_rows(90))
     counts = example_gen.run(

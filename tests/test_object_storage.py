@@ -145,3 +145,22 @@ def test_a_chief_and_a_worker_train_on_examples_in_object_storage(gcs, first):
                           "[artifacts.listdir('gs://fer/multi-worker'), json.loads("
                           "artifacts.read_text('gs://fer/multi-worker/training.json'))]))")
     assert "serving_model" in written[0] and written[1]["replicas"] == 2
+
+
+def test_folders_and_spans_on_object_storage_are_read_as_locally(gcs, setup, tmp_path):
+    """--data gs://bucket/folder reads the folder's shards; --spans picks the newest span folders
+    there, as for a local drops folder."""
+    from pipeline import default_data
+
+    base, gates, store = setup
+    for day, rows in (("20261201", 40), ("20261202", 30)):
+        csv = default_data.write_csv(tmp_path / f"{day}.csv", rows=rows, seed=int(day[-1]))
+        gcs.upload(csv, f"gs://fer/spans/span-{day}/faces.csv")
+    common = ["--metadata-config", str(store), "--stop-after", "ExampleGen"]
+    folder = run(gcs, "--data", "gs://fer/drops", "--pipeline-root", "gs://fer/root-folder",
+                 *common).stdout
+    assert "ExampleGen: 900 rows read from 1 file(s)" in folder
+    spans = run(gcs, "--data", "gs://fer/spans", "--spans", "1", "--pipeline-root",
+                "gs://fer/root-spans", *common).stdout
+    assert "Spans: span-20261202 (the newest 1 of 2 in gs://fer/spans)" in spans
+    assert "ExampleGen: 30 rows read from 1 file(s)" in spans

@@ -137,3 +137,70 @@ def test_tuner_runs_before_the_trainer_and_from_scratch_ignores_the_serving_mode
     assert kinds == {"Examples", "HyperParameters", "ExampleAnomalies"}
     again = run(*args)  # cached like every other step
     assert "Tuner: reusing" in again and "Trainer: reusing" in again
+
+
+def test_a_not_blessed_rerun_says_nothing_new_rewrites_nothing_and_is_traceable(tmp_path):
+    """Gates nothing passes: NOT BLESSED; the identical run again says "Nothing new", why
+    nothing was pushed, and rewrites no report; lineage traces the unpushed Trainer."""
+    data, gates = run_inputs(tmp_path)
+    impossible = tmp_path / "impossible.json"
+    impossible.write_text(json.dumps({**json.loads(gates.read_text()),
+                                      "floors": {"accuracy": 1.0}, "min_examples": 0}))
+    first = run(*command(tmp_path, data, impossible, "root", "--epochs", "1"))
+    assert "Evaluator: NOT BLESSED" in first and "not pushed (not blessed)" in first
+    [report] = (tmp_path / "root" / "reports").glob("*.html")
+    stamp = report.stat().st_mtime_ns
+    again = run(*command(tmp_path, data, impossible, "root", "--epochs", "1"))
+    assert "Evaluator: reusing" in again and "Nothing new" in again
+    assert "was NOT BLESSED for the reasons above, so nothing was pushed" in again
+    assert "overall accuracy is" in again  # the reasons, said again
+    assert "Pusher" not in again and report.stat().st_mtime_ns == stamp
+    assert list((tmp_path / "root" / "reports").glob("*.html")) == [report]
+    trainer = tmp_path / "root" / "Trainer" / "1"
+    assert f"--execution {trainer}" in first
+    traced = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root",
+                 str(tmp_path / "root"), "--execution", str(trainer))
+    assert traced.startswith(f"{trainer} came from:")
+    assert "ExampleValidator (execution" in traced and f"input file {data}" in traced
+
+
+def test_a_small_span_is_judged_with_the_test_data_of_earlier_runs(tmp_path):
+    """After a run on 900 faces, a run on 150 other faces is evaluated on both test splits
+    (min_examples 1,000 is not reached by 150 alone), resolved through ML Metadata."""
+    from pipeline import default_data
+
+    data, gates = run_inputs(tmp_path)
+    run(*command(tmp_path, data, gates, "root", "--epochs", "1"))
+    span = default_data.write_csv(tmp_path / "span.csv", rows=150, seed=12)
+    out = run(*command(tmp_path, span, gates, "root", "--epochs", "1"))
+    evaluation = json.loads((tmp_path / "root" / "Evaluator" / "2" / "evaluation.json")
+                            .read_text())
+    assert evaluation["examples_from"] == [str(tmp_path / "root" / "ExampleGen" / "2"),
+                                           str(tmp_path / "root" / "ExampleGen" / "1")]
+    counts = [json.loads((tmp_path / "root" / "ExampleGen" / n / "counts.json").read_text())
+              for n in ("1", "2")]
+    assert evaluation["examples"] == sum(c["written"]["test"] for c in counts)
+    assert "(this run's and those of 1 earlier validated run(s))" in out
+
+
+def test_an_eight_class_dataset_needs_only_its_ingestion_and_gating_configs(tmp_path):
+    """FER+ style: an 8th class (Contempt). No schema edit, no environment variable; predict
+    names the 8 classes with no configuration at all."""
+    from pipeline.config import load_json
+
+    data, gates = run_inputs(tmp_path)
+    header, *rows = data.read_text().splitlines()
+    rows = [f"7,{row.split(',', 1)[1]}" if i % 8 == 0 else row for i, row in enumerate(rows)]
+    data.write_text("\n".join([header, *rows]) + "\n")
+    ingest = tmp_path / "ingest.json"
+    classes = [*load_json("ingest.json")["classes"], "Contempt"]
+    ingest.write_text(json.dumps({**load_json("ingest.json"), "classes": classes}))
+    out = run(*command(tmp_path, data, gates, "root", "--epochs", "1",
+                       "--ingest-config", str(ingest)))
+    assert "now serving version 1" in out
+    answer = subprocess.run([sys.executable, "-m", "pipeline.predict", "--model",
+                             str(tmp_path / "serving" / "fer"), "--json", str(data)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    faces = json.loads(answer.stdout)["faces"]
+    assert len(faces) == 900 and list(faces[0]["probabilities"]) == classes

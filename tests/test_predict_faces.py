@@ -13,6 +13,7 @@ from matplotlib import cbook
 
 from components import pusher
 from pipeline import faces
+from pipeline.predict import main as predict_main
 from tests.test_evaluator import CLASSES, known_model
 
 PORTRAIT = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
@@ -37,8 +38,22 @@ def model(tmp_path_factory):
 
 
 def predict(model, *args):
+    """The command as a user runs it: a process of its own."""
     return subprocess.run([sys.executable, "-m", "pipeline.predict", "--model", str(model),
                            *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def predict_here(capsys):
+    """The same command's main() in this process: what it prints and returns, without the few
+    seconds a fresh interpreter takes to import TensorFlow (the portrait's test runs the real
+    command)."""
+    def run(model, *args):
+        capsys.readouterr()  # only what this call prints
+        returncode = predict_main(["--model", str(model), *map(str, args)])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, returncode, out, err)
+    return run
 
 
 def test_the_face_in_a_portrait_is_found_cut_out_and_classified(model):
@@ -55,7 +70,8 @@ def test_the_face_in_a_portrait_is_found_cut_out_and_classified(model):
     assert f"  {CLASSES[face.crop.reshape(-1)[1] % 7]} 0.35  |" in line
 
 
-def test_a_photo_without_a_face_says_so_and_invents_nothing(model, tmp_path):
+def test_a_photo_without_a_face_says_so_and_invents_nothing(model, tmp_path, predict_here):
+    predict = predict_here
     result = predict(model, NO_FACE)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"{NO_FACE}  no face found"
@@ -68,8 +84,8 @@ def test_a_photo_without_a_face_says_so_and_invents_nothing(model, tmp_path):
     assert whole.stdout.startswith(f"{tmp_path / 'crop.png'}  {CLASSES[128 % 7]} 0.35  |")
 
 
-def test_json_and_annotation(model, tmp_path):
-    result = predict(model, "--json", "--annotate", tmp_path / "drawn", PORTRAIT, NO_FACE)
+def test_json_and_annotation(model, tmp_path, predict_here):
+    result = predict_here(model, "--json", "--annotate", tmp_path / "drawn", PORTRAIT, NO_FACE)
     assert result.returncode == 0, result.stderr[-2000:]
     portrait, empty = map(json.loads, result.stdout.strip().splitlines())
     assert portrait["input"] == str(PORTRAIT) and empty == {"input": str(NO_FACE), "faces": []}

@@ -12,12 +12,13 @@ from components import trainer, tuner
 from components.model import build_cnn
 from pipeline.config import IngestConfig, TrainerConfig, TunerConfig
 from pipeline.errors import UserError
-from tests.helpers import example_gen_output
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    return example_gen_output(tmp_path_factory.mktemp("examples"), rows=160, seed=5)
+def examples(training_examples):
+    """ExampleGen's output for 160 synthetic faces: the session's (conftest), which
+    test_trainer reads too."""
+    return training_examples
 
 
 def tiny(**changes) -> TrainerConfig:
@@ -55,15 +56,11 @@ def test_batch_norm_statistics_are_those_of_the_training_images():
     assert not np.allclose(before, first_bn.moving_mean.numpy())
 
 
-@pytest.fixture(scope="module")
-def trained(examples, tmp_path_factory):
-    """(summary, folder) of a 2-epoch training from scratch."""
-    out = tmp_path_factory.mktemp("trained")
-    return trainer.run(examples, str(out), tiny(), IngestConfig.load()), out
-
-
 def test_training_records_the_batch_norm_gap_and_the_schedule(trained):
+    # `trained`: the session's 2-epoch training from scratch (conftest), which test_trainer
+    # reads too: the shipped recipe as tiny() sets it.
     summary, out = trained
+    assert summary["config"] == dataclasses.asdict(tiny())
     gap = summary["batch_norm_gap"]
     assert set(gap) == {"inference_mode", "training_mode", "gap"}
     assert gap["gap"] == pytest.approx(gap["training_mode"] - gap["inference_mode"], abs=1e-4)

@@ -17,16 +17,17 @@ from components import trainer
 from components.model import build_cnn
 from pipeline.config import SCHEMAS_DIR, IngestConfig, TrainerConfig
 from pipeline.errors import UserError
-from tests.helpers import example_gen_output, free_port
+from tests.helpers import free_port
 
 # A few steps of everything: two cores, minutes for the whole file.
 FAST = {"epochs": 2, "batch_size": 16}
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    """ExampleGen's output for 160 synthetic faces (about 128 train, 16 eval, 16 test)."""
-    return example_gen_output(tmp_path_factory.mktemp("examples"), rows=160, seed=3)
+def examples(training_examples):
+    """ExampleGen's output for 160 synthetic faces (about 128 train, 16 eval, 16 test): the
+    session's (conftest), which test_recipe reads too."""
+    return training_examples
 
 
 def fast_config(**changes) -> TrainerConfig:
@@ -98,9 +99,11 @@ def test_bad_trainer_config_is_refused_with_the_reason(tmp_path, change, complai
     assert complaint in str(caught.value)
 
 
-def test_trains_exports_and_serves_from_a_fresh_process(examples, tmp_path):
-    out = tmp_path / "trainer"
-    summary = trainer.run(examples, str(out), fast_config(), IngestConfig.load())
+def test_trains_exports_and_serves_from_a_fresh_process(trained, tmp_path):
+    # The session's 2-epoch training of the 160 faces (conftest), which test_recipe reads too:
+    # the shipped recipe at batch size 16, as fast_config().
+    summary, out = trained
+    assert summary["config"] == dataclasses.asdict(fast_config(warmup_epochs=1))
     assert summary["epochs_run"] == 2 and len(history(out)) == 2
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr"} <= set(history(out)[0])
     assert list((out / "logs" / "train").glob("events.out.tfevents.*"))  # TensorBoard
@@ -137,11 +140,14 @@ answers = {{
 }}
 print(json.dumps({{k: {{o: (v.numpy().astype(str) if o == "class_name" else v.numpy()).tolist()
                       for o, v in a.items()}} for k, a in answers.items()}}))
+print(json.dumps([[c.decode() for c in m.class_names.numpy()], int(m.image_size.numpy())]))
 """
     result = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    *_, printed, carried = result.stdout.strip().splitlines()
+    answers = json.loads(printed)
+    assert json.loads(carried) == [list(IngestConfig.load().classes), 48]  # what clients read
     reference = answers["serving_default"]
     for name in ("serve_images", "serve_pixels"):
         np.testing.assert_allclose(answers[name]["probabilities"], reference["probabilities"],

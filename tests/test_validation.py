@@ -63,9 +63,25 @@ def clean(seed=0):
     return {split: faces(280, seed + k) for k, split in enumerate(SPLITS)}
 
 
-def test_clean_data_passes_and_statistics_are_browsable(tmp_path):
-    assert validate(tmp_path, clean()) == []
-    stats_dir = tmp_path / "now" / "stats"
+@pytest.fixture(scope="module")
+def clean_statistics(tmp_path_factory):
+    """Statistics of clean() (one TFDV run), read by the tests that validate clean data:
+    (stats file per split, their folder)."""
+    root = tmp_path_factory.mktemp("clean")
+    return statistics(root, "now", clean()), root / "now" / "stats"
+
+
+def validate_statistics(tmp_path, stats, policy=POLICY, previous=None):
+    """The ExampleValidator alone, on statistics already computed."""
+    out = tmp_path / "validator"
+    out.mkdir(exist_ok=True)
+    return example_validator.run(stats, str(SCHEMAS_DIR / "schema.pbtxt"), str(out), policy,
+                                 previous)
+
+
+def test_clean_data_passes_and_statistics_are_browsable(clean_statistics, tmp_path):
+    stats, stats_dir = clean_statistics
+    assert validate_statistics(tmp_path, stats) == []
     html = (stats_dir / "Split-train" / "statistics.html").read_text()
     assert "facets" in html.lower()
     assert (stats_dir / "train_vs_eval.html").exists()
@@ -148,9 +164,10 @@ def test_skew_can_be_set_to_warn(tmp_path):
     assert report["findings"] == findings
 
 
-def test_drift_from_the_previous_run_stops_the_run(tmp_path):
+def test_drift_from_the_previous_run_stops_the_run(clean_statistics, tmp_path):
     previous = statistics(tmp_path, "before", clean(seed=20))["train"]
-    assert validate(tmp_path, clean(), previous=previous) == []  # same distribution: no drift
+    # Same distribution: no drift.
+    assert validate_statistics(tmp_path, clean_statistics[0], previous=previous) == []
     rows = clean()
     rows["train"] = [(label, 255 - p // 3) for label, p in rows["train"]]  # far brighter images
     rows["eval"] = [(label, 255 - p // 3) for label, p in rows["eval"]]
@@ -162,14 +179,77 @@ def test_drift_from_the_previous_run_stops_the_run(tmp_path):
     assert "[skew]" not in message  # all splits moved together
 
 
-def test_planted_anomaly_stops_the_cli_before_training(tmp_path):
+SHARES = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965]) / 28709  # FER2013's train split
+
+
+def drawn_labels(n: int, seed: int, shares=SHARES) -> list[int]:
+    return list(np.random.default_rng(seed).choice(7, size=n, p=shares))
+
+
+def test_sampling_noise_in_a_small_span_warns_nothing_and_stops_nothing(tmp_path):
+    """30 test faces drawn like 240 train faces differ in their class shares by more than the
+    schema's 0.1 from sampling alone; the chi-square test on the counts says it is noise."""
+    rows = {"train": faces(240, 0, labels=drawn_labels(240, 1)),
+            "eval": faces(30, 1, labels=drawn_labels(30, 10)),
+            "test": faces(30, 2, labels=drawn_labels(30, 18), black=1)}
+    findings = validate(tmp_path, rows)
+    noise = [f for f in findings if f["check"] == "skew" and f["feature"] == "emotion"]
+    assert noise, findings  # TFDV's distance alone would stop this run
+    assert all(f["action"] == "noise" and f["p_value"] >= POLICY["significance_level"]
+               and "within sampling noise for 240 vs 30 examples" in f["what"] for f in noise)
+    # One black face of 30 is 3% of the split where 1% may be badly exposed: chance, too.
+    [dark] = [f for f in findings if f["check"] == "schema" and f["feature"] == "exposure"]
+    assert dark["action"] == "noise" and "1 of 30 examples, 1% allowed" in dark["what"]
+    # Disgust (1.5%) is absent from the 30-face splits, as it is by chance in 63% of them.
+    missing = [f for f in findings if f["check"] == "missing_class"]
+    assert missing and all(f["action"] == "noise" and "[1]" in f["what"] for f in missing)
+    assert not [f for f in findings if f["action"] == "stop"]
+
+
+@pytest.mark.slow  # three more statistics, one of 1,000 faces
+def test_a_small_span_that_really_changed_stops_the_run(tmp_path):
+    """Against a previous run of 1,000 faces, 240 faces whose Happy share grew by 15 points, or
+    whose images are 20 grey levels darker, are a real change: the run stops."""
+    previous = statistics(tmp_path, "before", {"train": faces(1000, 20, labels=drawn_labels(
+        1000, 21))})["train"]
+    happier = SHARES * (1 - 0.15 / (1 - SHARES[3]))
+    happier[3] = SHARES[3] + 0.15
+    rows = {split: faces(240 if split == "train" else 30, k, labels=drawn_labels(
+        240 if split == "train" else 30, 5 + k, happier)) for k, split in enumerate(SPLITS)}
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path, rows, previous=previous)
+    message = stop_findings(caught)
+    assert "[drift] train vs previous run, feature 'emotion'" in message
+    assert "not sampling noise (1,000 vs 240 examples" in message
+    darker = {split: [(label, np.clip(p - 20, 0, 255)) for label, p in faces(
+        240 if split == "train" else 30, k, labels=drawn_labels(240, 30 + k))]
+        for k, split in enumerate(SPLITS)}
+    with pytest.raises(example_validator.DataValidationError) as caught:
+        validate(tmp_path / "darker", darker, previous=previous)
+    assert "[drift] train vs previous run, feature 'mean_brightness'" in stop_findings(caught)
+    assert "feature 'emotion'" not in stop_findings(caught)
+
+
+def test_planted_anomaly_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
     header = "emotion,pixels,Usage"
     lines = [f"{i % 7},{' '.join(['0'] * 2304)},{('Training', 'PublicTest', 'PrivateTest')[i % 3]}"
              for i in range(63)]
     data = write_csv(tmp_path / "black.csv", lines, header=header)
-    result = subprocess.run([sys.executable, "-m", "pipeline.run", "--data", str(data),
-                             "--pipeline-root", str(tmp_path / "root")],
-                            capture_output=True, text=True, timeout=300)
+    # pipeline.run's main() in this process (test_cli runs the real command): what it prints and
+    # returns; its Ctrl-C/SIGTERM handlers are undone after.
+    import signal
+
+    from pipeline.run import main
+
+    monkeypatch.chdir(tmp_path)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    capsys.readouterr()
+    try:
+        code = main(["--data", str(data), "--pipeline-root", str(tmp_path / "root")])
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    result = subprocess.CompletedProcess([], code, *capsys.readouterr())
     assert result.returncode == 2 and "Traceback" not in result.stderr
     message = " ".join(result.stderr.split())
     assert message.startswith("error: ExampleValidator stopped the run before training")
@@ -205,3 +285,16 @@ def test_the_data_page_shows_counts_features_faces_and_findings_offline(tmp_path
     assert "http" not in text.replace("they load their viewer from the web", "")  # offline
     assert data_page._class_counts(tfdv.load_stats_binary(stats["train"]).datasets[0], 7) == [
         18, 0, 0, 35, 0, 0, 17]
+
+
+def test_the_label_domain_comes_from_the_classes(tmp_path):
+    """The curated schema says 0-6; an ingestion config with an 8th class widens the schema in
+    force, so an 8-class dataset needs no schema edit."""
+    stats = statistics(tmp_path, "now", {"train": faces(16, 0, labels=list(range(8)))})
+    path, curated = schema_gen.run(stats["train"], str(tmp_path), str(SCHEMAS_DIR / "schema.pbtxt"),
+                                   tuple(f"c{i}" for i in range(8)))
+    domain = tfdv.get_feature(tfdv.load_schema_text(path), "emotion").int_domain
+    assert curated and (domain.min, domain.max, domain.is_categorical) == (0, 7, True)
+    out = tmp_path / "validator"
+    out.mkdir()
+    assert example_validator.run(stats, path, str(out), {**POLICY, "skew_against_train": []}) == []
