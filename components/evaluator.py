@@ -14,9 +14,10 @@ Gates on evidence. An accuracy measured on k examples is uncertain by about 1/sq
 face of 63 must not decide a blessing. So a floor blocks only when the Wilson interval (at the
 config's `confidence`) lies wholly below it, and the comparison with the serving model is paired,
 on the same examples: of the examples only one of the two models gets right, how many each gets
-(TFMA's flip-rate idea, per class, PairedOutcomes below); the candidate is blocked when the whole
-interval of its accuracy minus the serving model's (Wald with Agresti and Min's +0.5 per cell, the
-interval of McNemar's setting) lies below the allowed drop. A class with fewer than
+(TFMA's flip-rate idea, per class, PairedOutcomes below); the candidate is blocked when it fell
+behind by more than the allowed drop and the whole interval of its accuracy minus the serving
+model's (Wald with Agresti and Min's +0.5 per cell, the interval of McNemar's setting) lies below
+0: a drop both too large and real, as validation asks of a change. A class with fewer than
 `min_class_examples` examples is not judged at all, and says so; macro accuracy is the mean over
 the judged classes.
 
@@ -266,10 +267,11 @@ def _judge(gates: EvaluationConfig, metrics: dict, classes) -> tuple[list[str], 
             reasons.append(f"{m.label} is {m.value:.3f} ({level} interval {m.low:.3f}-"
                            f"{m.high:.3f}), below its floor of {floor:.3f}")
         allowed = gates.bound("max_drop_vs_serving", m.metric, m.name)
-        if m.change is not None and allowed is not None and m.change_high < -allowed - 1e-9:
+        if m.change is not None and allowed is not None and -m.change > allowed + 1e-9 and (
+                m.change_high < 0):
             reasons.append(f"{m.label} dropped by {-m.change:.3f} against the serving model "
-                           f"({level} interval of the change {m.change_low:+.3f} to "
-                           f"{m.change_high:+.3f}; at most {allowed:.3f} allowed)")
+                           f"(at most {allowed:.3f} allowed; {level} interval of the change "
+                           f"{m.change_low:+.3f} to {m.change_high:+.3f}, wholly below 0)")
     return [classes[c] for c in judged], reasons, intervals
 
 

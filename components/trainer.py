@@ -330,10 +330,11 @@ def base_model_problem(base_model: str, ingest: IngestConfig) -> str | None:
 
 def _load_weights(cnn: keras.Model, base_model: str) -> None:
     """The weights of a SavedModel this pipeline exported: its variables hold the CNN under
-    `model`. Raises if any weight of the CNN is missing or does not fit."""
+    `model` (beside what serving reads: class names, image size). Raises if any weight of the
+    CNN is missing or does not fit."""
     checkpoint = tf.train.Checkpoint(model=cnn)
-    checkpoint.read(os.path.join(base_model, "variables", "variables")
-                    ).assert_existing_objects_matched()
+    status = checkpoint.read(os.path.join(base_model, "variables", "variables"))
+    status.assert_existing_objects_matched().expect_partial()
 
 
 def _warm_start(cnn: keras.Model, base_model: str) -> dict:

@@ -240,7 +240,8 @@ class EvaluationConfig:
     serving. Both name accuracy (top-1), macro_accuracy (mean of the per-class values) and
     class_accuracy (per class: the share of its examples whose top-1 prediction is that class),
     the latter per class name with a "default" for the classes not named. Each is judged on the
-    evidence: a gate fails only when the whole `confidence` interval lies beyond its bound, and
+    evidence: a floor fails only when the whole `confidence` interval lies below it, a drop only
+    when it exceeds the allowed one and its paired interval lies wholly below 0, and
     a class with fewer than min_class_examples examples is not judged. The examples: the
     evaluation split of this run's data and, until there are min_examples of them, of the data
     of earlier validated runs (newest first, at most max_earlier_runs).

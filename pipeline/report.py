@@ -45,8 +45,10 @@ def write(path: str, evaluation: dict, history_csv: str, data_page: str,
         "this run's data" if len(sources) <= 1 else
         f"this run's data and of {len(sources) - 1} earlier validated run(s) on other data "
         f"(the gates ask for {evaluation['gates']['min_examples']:,} examples)")
-        + ": " + ", ".join(html.escape(s) for s in sources) + ". A gate fails only when the "
-        f"whole {evaluation['gates']['confidence']:.0%} interval lies beyond it."
+        + ": " + ", ".join(html.escape(s) for s in sources) + ". A floor fails only when the "
+        f"whole {evaluation['gates']['confidence']:.0%} interval lies below it; a drop against "
+        f"the serving model only when it is beyond the allowed one and its paired interval "
+        f"lies wholly below 0."
         + ("".join(f"<br>Not judged: class {html.escape(c)}, only {n} {evaluation['split']} "
                    f"example(s) (fewer than {evaluation['gates']['min_class_examples']})"
                    for c, n in unjudged.items())) + "</p>") if sources else ""
