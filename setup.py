@@ -20,6 +20,7 @@ PINS = [
     "numpy==1.26.4",
     "pandas==1.5.3",
     "matplotlib==3.11.2",
+    "scipy==1.17.1",  # the validation's and the gates' tests and intervals (also TFMA's)
     "optuna==4.5.0",  # the Tuner (--tune)
     # Face detection for pipeline.predict: the cascades' weights ship inside the wheel.
     "opencv-python-headless==4.10.0.84",
