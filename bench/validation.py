@@ -103,7 +103,7 @@ def main() -> None:
                                       "why": why,
                                       "seconds": round(time.perf_counter() - started, 1)}),
                           flush=True)
-    print(f"\n| rows | span | stopped now | stopped by distances alone | wanted |")
+    print("\n| rows | span | stopped now | stopped by distances alone | wanted |")
     print("|---|---|---|---|---|")
     for (size, variant), outcomes in stops.items():
         now, before = sum(s for s, _ in outcomes), sum(b for _, b in outcomes)

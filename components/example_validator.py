@@ -33,7 +33,6 @@ Output layout (output_dir):
 import json
 import os
 
-import numpy as np
 import tensorflow_data_validation as tfdv
 from scipy import stats as scipy_stats
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
