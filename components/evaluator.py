@@ -80,12 +80,13 @@ def run(model_dir: str, examples: str | list[str], output_dir: str, gates: Evalu
     # TFMA drops the name of a lone model.
     metrics = {name: _metrics(tfma_dir, name if baseline_dir else None, classes)
                for name in ([CANDIDATE, BASELINE] if baseline_dir else [CANDIDATE])}
-    judged, reasons, intervals = _judge(gates, metrics, classes)
-    for m in metrics.values():
+    sizes = dict(zip(classes, metrics[CANDIDATE]["per_class_examples"]))
+    judged = [name for name, n in sizes.items() if n >= gates.min_class_examples]
+    for m in metrics.values():  # macro accuracy: the mean over the judged classes
         known = [m["values"]["class_accuracy"][name] for name in judged]
         m["values"]["macro_accuracy"] = sum(known) / len(known) if known else None
-    unjudged = {name: n for name, n in zip(classes, metrics[CANDIDATE]["per_class_examples"])
-                if name not in judged}
+    reasons, intervals = _judge(gates, metrics, classes, judged)
+    unjudged = {name: n for name, n in sizes.items() if name not in judged}
     evaluation = {
         "model": model_dir,
         "baseline": baseline_dir,
@@ -227,19 +228,20 @@ class _Measure:
     change_high: float | None = None
 
 
-def _judge(gates: EvaluationConfig, metrics: dict, classes) -> tuple[list[str], list[str], dict]:
-    """(the judged classes, the reasons a gate failed, the intervals by metric)."""
+def _judge(gates: EvaluationConfig, metrics: dict, classes, judged_names: list[str]
+           ) -> tuple[list[str], dict]:
+    """(the reasons a gate failed, the intervals by metric), judging only `judged_names`."""
     z = norm.ppf(0.5 + gates.confidence / 2)
     matrix = np.asarray(metrics[CANDIDATE]["confusion_matrix"])
     sizes, right = matrix.sum(axis=1), np.diag(matrix)
-    judged = [c for c, n in enumerate(sizes) if n >= gates.min_class_examples]
+    judged = [classes.index(name) for name in judged_names]
 
     overall = _proportion(_LABELS["accuracy"], "accuracy", None, right.sum(), sizes.sum(), z)
     per_class = [_proportion(f"accuracy of class {classes[c]}", "class_accuracy", classes[c],
                              right[c], sizes[c], z) for c in judged]
     measures = [overall, *per_class]
     if judged:  # the mean of independent accuracies: their variances add
-        value = float(np.mean([m.value for m in per_class]))
+        value = metrics[CANDIDATE]["values"]["macro_accuracy"]
         spread = math.sqrt(sum(_accuracy_variance(right[c], sizes[c]) for c in judged)) / len(
             judged)
         macro = _Measure(_LABELS["macro_accuracy"], "macro_accuracy", None, value,
@@ -272,7 +274,7 @@ def _judge(gates: EvaluationConfig, metrics: dict, classes) -> tuple[list[str], 
             reasons.append(f"{m.label} dropped by {-m.change:.3f} against the serving model "
                            f"(at most {allowed:.3f} allowed; {level} interval of the change "
                            f"{m.change_low:+.3f} to {m.change_high:+.3f}, wholly below 0)")
-    return [classes[c] for c in judged], reasons, intervals
+    return reasons, intervals
 
 
 def _proportion(label, metric, name, k, n, z) -> _Measure:

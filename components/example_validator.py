@@ -142,11 +142,10 @@ def _shares_tested(findings: list[dict], schema, statistics, level: float) -> li
         if feature is None or not feature.HasField("distribution_constraints"):
             continue
         domain = next((d for d in schema.string_domain if d.name == feature.domain), None)
-        counts = {b.label: b.sample_count
-                  for b in _feature(statistics, feature.name).string_stats.rank_histogram.buckets}
-        size = int(sum(counts.values()))
-        strays = int(sum(n for value, n in counts.items()
-                         if domain is None or value not in domain.value))
+        counts = _counts(statistics, feature.name)
+        size = sum(counts.values())
+        strays = sum(n for value, n in counts.items()
+                     if domain is None or value not in domain.value)
         allowed = 1 - feature.distribution_constraints.min_domain_mass
         p = float(scipy_stats.binom.sf(strays - 1, size, allowed)) if strays else 1.0
         _weigh(finding, p, level, f"{strays} of {size:,} examples, {allowed:.0%} allowed")
@@ -170,8 +169,7 @@ def _p_value(feature: str, before, now) -> tuple[float, str]:
     statistics of `feature`."""
     a, b = _feature(before, feature), _feature(now, feature)
     if a.HasField("string_stats"):  # categorical: each value's share, Fisher's exact test
-        counts = [{bucket.label: int(bucket.sample_count)
-                   for bucket in f.string_stats.rank_histogram.buckets} for f in (a, b)]
+        counts = [_counts(before, feature), _counts(now, feature)]
         values = sorted(set(counts[0]) | set(counts[1]))
         totals = [sum(c.values()) for c in counts]
         sizes = f"{totals[0]:,} vs {totals[1]:,}"
@@ -197,8 +195,18 @@ def _p_value(feature: str, before, now) -> tuple[float, str]:
 
 
 def _feature(statistics, name: str):
-    return next(f for f in statistics.datasets[0].features
-                if list(f.path.step) == [name] or f.name == name)
+    return next((f for f in statistics.datasets[0].features
+                 if list(f.path.step) == [name] or f.name == name), None)
+
+
+def _counts(statistics, name: str) -> dict[str, int]:
+    """How many examples hold each value of a categorical feature (TFDV's exact counts); none
+    for statistics or a feature that are not there."""
+    feature = _feature(statistics, name) if statistics is not None else None
+    if feature is None or not feature.HasField("string_stats"):
+        return {}
+    return {b.label: int(b.sample_count)
+            for b in feature.string_stats.rank_histogram.buckets if b.sample_count > 0}
 
 
 def _missing_classes(stats: dict, schema: schema_pb2.Schema, previous, level: float
@@ -242,11 +250,4 @@ def _missing_classes(stats: dict, schema: schema_pb2.Schema, previous, level: fl
 
 
 def _label_counts(statistics) -> dict[int, int]:
-    if statistics is None:
-        return {}
-    feature = next((f for f in statistics.datasets[0].features
-                    if list(f.path.step) == [LABEL] or f.name == LABEL), None)
-    if feature is None or not feature.HasField("string_stats"):
-        return {}
-    return {int(b.label): int(b.sample_count)
-            for b in feature.string_stats.rank_histogram.buckets if b.sample_count > 0}
+    return {int(label): n for label, n in _counts(statistics, LABEL).items()}

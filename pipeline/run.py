@@ -308,7 +308,7 @@ class Run:
     @functools.cached_property
     def curated_schema_text(self) -> str | None:
         path = self.settings.schema
-        return open(path).read() if path else None
+        return artifacts.read_text(path) if path else None
 
     @functools.cached_property
     def previous_statistics(self) -> str | None:
