@@ -39,6 +39,7 @@ from scipy.stats import norm
 from tfx_bsl.public import tfxio
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
+from pipeline.artifact_types import EVALUATION
 from pipeline import artifacts, serving
 from pipeline.config import LABEL_FEATURE, EvaluationConfig
 from pipeline.errors import UserError
@@ -53,7 +54,7 @@ def run(model_dir: str, examples: str | list[str], output_dir: str, gates: Evalu
     """Evaluate model_dir (and the serving baseline_dir) on the gates' split of one or more
     ExampleGen outputs (`examples`, newest first); returns evaluation.json's content."""
     sources = [examples] if isinstance(examples, str) else list(examples)
-    tfma_dir = artifacts.join(output_dir, "tfma")
+    tfma_dir = EVALUATION.path(output_dir, "tfma")
     if baseline_dir:
         try:
             serving.load(baseline_dir)
@@ -104,10 +105,10 @@ def run(model_dir: str, examples: str | list[str], output_dir: str, gates: Evalu
                   "min_examples": gates.min_examples, "floors": gates.floors,
                   "max_drop_vs_serving": gates.max_drop_vs_serving},
     }
-    artifacts.write_text(artifacts.join(output_dir, "evaluation.json"),
+    artifacts.write_text(EVALUATION.path(output_dir, "evaluation"),
                          json.dumps(evaluation, indent=2))
-    artifacts.write_text(artifacts.join(output_dir, "BLESSED" if evaluation["blessed"]
-                                        else "NOT_BLESSED"), "")
+    artifacts.write_text(EVALUATION.path(output_dir, "blessed" if evaluation["blessed"]
+                                          else "not_blessed"), "")
     return evaluation
 
 

@@ -31,6 +31,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.coders import example_coder
 
+from pipeline.artifact_types import EXAMPLES
 from pipeline import artifacts, fer_csv
 from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig
 from pipeline.errors import IntegrityError, UserError
@@ -73,13 +74,13 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
                 result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE))["counters"]}
 
     written = {s: _count_records(artifacts.example_files(output_dir, s)) for s in config.splits}
-    reasons = _quarantine_reasons(os.path.join(output_dir, "quarantine"))
+    reasons = _quarantine_reasons(EXAMPLES.path(output_dir, "quarantine"))
     quarantined, blank = sum(reasons.values()), counters.get("blank_lines", 0)
     counts = {
         "input": data, "files": lines_by_file, "rows_read": rows_read, "blank_lines": blank,
         "written": written, "quarantined": quarantined, "quarantine_reasons": reasons,
     }
-    artifacts.write_text(os.path.join(output_dir, "counts.json"), json.dumps(counts, indent=2))
+    artifacts.write_text(EXAMPLES.path(output_dir, "counts"), json.dumps(counts, indent=2))
 
     _reconcile(counts, counters, output_dir)
     _check_quality(counts, config, output_dir)
@@ -194,7 +195,7 @@ def _run_beam(chunks, output_dir, config, beam_args):
         _ = parsed[split] | f"Write-{split}" >> beam.io.Write(_GzipTFRecordSink(
             os.path.join(artifacts.split_dir(output_dir, split), "data"), config.records_per_shard))
     _ = parsed[_ParseChunk.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
-        os.path.join(output_dir, "quarantine", "bad_rows"), file_name_suffix=".jsonl")
+        artifacts.join(EXAMPLES.path(output_dir, "quarantine"), "bad_rows"), file_name_suffix=".jsonl")
     result = pipeline.run()
     result.wait_until_finish()
     return result
@@ -274,7 +275,7 @@ def _reconcile(counts: dict, counters: dict, output_dir: str) -> None:
 def _check_quality(counts: dict, config: IngestConfig, output_dir: str) -> None:
     good = sum(counts["written"].values())
     bad = counts["quarantined"]
-    quarantine = os.path.join(output_dir, "quarantine")
+    quarantine = EXAMPLES.path(output_dir, "quarantine")
     top = "; ".join(f"{n:,} x {r}" for r, n in list(counts["quarantine_reasons"].items())[:3])
     if good == 0:
         raise UserError(f"No valid row in {counts['input']}: all {bad:,} rows were quarantined "

@@ -31,12 +31,12 @@ Output layout (output_dir):
     anomalies.json                   every finding: check, split, feature, what, action
 """
 import json
-import os
 
 import tensorflow_data_validation as tfdv
 from scipy import stats as scipy_stats
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
+from pipeline.artifact_types import ANOMALIES
 from pipeline import artifacts
 from pipeline.errors import UserError
 
@@ -48,8 +48,9 @@ class DataValidationError(UserError):
 
 
 def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: dict,
-        previous_train_statistics: str | None = None) -> list[dict]:
-    """Validate each split's statistics; return the findings, raise if one must stop the run."""
+        previous_train_statistics: str | None = None, stop: bool = True) -> list[dict]:
+    """Validate each split's statistics; return the findings, and raise if one must stop the run
+    (stop=False: leave that to the caller, after the findings are shown; see stop_error)."""
     stats = {split: tfdv.load_stats_binary(path) for split, path in statistics.items()}
     schema = tfdv.load_schema_text(schema_path)
     findings = []
@@ -59,8 +60,7 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
     for split, split_stats in stats.items():
         anomalies = tfdv.validate_statistics(split_stats, plain)
         artifacts.makedirs(artifacts.split_dir(output_dir, split))
-        tfdv.write_anomalies_text(anomalies, os.path.join(artifacts.split_dir(output_dir, split),
-                                                          "SchemaDiff.pbtxt"))
+        tfdv.write_anomalies_text(anomalies, ANOMALIES.path(output_dir, "schema_diff", split))
         findings += _shares_tested(_findings(anomalies, "schema", split, comparators=False),
                                    schema, split_stats, level)
 
@@ -82,22 +82,31 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
     findings += _missing_classes(stats, schema, previous, level)
     for finding in findings:
         finding.setdefault("action", policy["on_anomaly"][finding["check"]])
-    report = os.path.join(output_dir, "anomalies.json")
+    report = ANOMALIES.path(output_dir, "anomalies")
     artifacts.write_text(report, json.dumps(
         {"statistics": statistics, "schema": schema_path,
          "previous_statistics": previous_train_statistics, "findings": findings}, indent=2))
 
-    stopping = [f for f in findings if f["action"] == "stop"]
-    if stopping:
-        listed = "; ".join(f"[{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}"
-                           for f in stopping)
-        raise DataValidationError(
-            f"ExampleValidator stopped the run before training: {len(stopping)} anomal"
-            f"{'y' if len(stopping) == 1 else 'ies'}: {listed}. Full report: {report}. Fix the "
-            f"data; or, if the change is intended, update the schema {schema_path} (thresholds, "
-            f"domains; --schema for a copy of your own) or set the check to \"warn\" in the "
-            f"validation config (--validation-config).")
+    error = stop_error(findings, report, schema_path)
+    if error and stop:
+        raise error
     return findings
+
+
+def stop_error(findings: list[dict], report: str, schema_path: str
+               ) -> "DataValidationError | None":
+    """The error that stops the run for the findings whose action is "stop", or None."""
+    stopping = [f for f in findings if f["action"] == "stop"]
+    if not stopping:
+        return None
+    listed = "; ".join(f"[{f['check']}] {f['split']}, feature '{f['feature']}': {f['what']}"
+                       for f in stopping)
+    return DataValidationError(
+        f"ExampleValidator stopped the run before training: {len(stopping)} anomal"
+        f"{'y' if len(stopping) == 1 else 'ies'}: {listed}. Full report: {report}. Fix the "
+        f"data; or, if the change is intended, update the schema {schema_path} (thresholds, "
+        f"domains; --schema for a copy of your own) or set the check to \"warn\" in the "
+        f"validation config (--validation-config).")
 
 
 def _without(schema: schema_pb2.Schema, *comparators: str) -> schema_pb2.Schema:

@@ -11,6 +11,7 @@ or removed, and the model serving already is not pushed again: pushing is idempo
 import json
 from pathlib import Path
 
+from pipeline.artifact_types import PUSHED_MODEL
 from pipeline import artifacts, serving
 from pipeline.errors import UserError
 from pipeline.metadata import tree_fingerprint
@@ -25,7 +26,7 @@ def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
         target = _push(str(model_dir), artifacts.join(serving_dir, model_name))
         result = {"pushed": True, "version": int(target.rstrip("/").rpartition("/")[2]),
                   "path": target}
-    artifacts.write_text(artifacts.join(output_dir, "pushed.json"), json.dumps(result, indent=2))
+    artifacts.write_text(PUSHED_MODEL.path(output_dir, "record"), json.dumps(result, indent=2))
     return result
 
 

@@ -10,12 +10,12 @@ Output layout (output_dir):
                             label's domain set from the classes of the ingestion config)
     inferred_schema.pbtxt   what TFDV inferred from this run's train split
 """
-import os
 from pathlib import Path
 
 import tensorflow_data_validation as tfdv
 from google.protobuf import text_format
 
+from pipeline.artifact_types import SCHEMA
 from pipeline.config import LABEL_FEATURE
 from pipeline.errors import UserError
 
@@ -27,13 +27,13 @@ def run(train_statistics: str, output_dir: str, curated: str | None,
     classes are stated once (a dataset with an 8th class needs no schema edit)."""
     inferred = tfdv.infer_schema(tfdv.load_stats_binary(train_statistics),
                                  infer_feature_shape=True)
-    tfdv.write_schema_text(inferred, os.path.join(output_dir, "inferred_schema.pbtxt"))
+    tfdv.write_schema_text(inferred, SCHEMA.path(output_dir, "inferred"))
     is_curated = curated is not None
     schema = load_curated(curated) if is_curated else inferred
     label = tfdv.get_feature(schema, LABEL_FEATURE)
     label.int_domain.min, label.int_domain.max = 0, len(classes) - 1
     label.int_domain.is_categorical = True
-    path = os.path.join(output_dir, "schema.pbtxt")
+    path = SCHEMA.path(output_dir, "schema")
     tfdv.write_schema_text(schema, path)
     return path, is_curated
 

@@ -22,11 +22,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_data_validation.utils.display_util import get_statistics_html
 from tfx_bsl.public import tfxio
 
+from pipeline.artifact_types import STATISTICS
 from pipeline import artifacts
 from pipeline.config import PIXELS_FEATURE
 from pipeline.errors import UserError
-
-STATS_FILE = "FeatureStats.pb"
 
 
 def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dict,
@@ -44,7 +43,7 @@ def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dic
             if not artifacts.glob(pattern):
                 raise UserError(f"No examples for split {split!r} under {examples_dir}. Run "
                                 f"ExampleGen again; its output is incomplete.")
-            paths[split] = os.path.join(artifacts.split_dir(output_dir, split), STATS_FILE)
+            paths[split] = STATISTICS.path(output_dir, "statistics", split)
             _ = (pipeline
                  | f"Read-{split}" >> tfxio.TFExampleRecord(
                      pattern, telemetry_descriptors=["fer", "StatisticsGen"]).BeamSource()
@@ -95,7 +94,7 @@ def _write_html(paths: dict[str, str], output_dir: str) -> None:
     stats = {split: tfdv.load_stats_binary(path) for split, path in paths.items()}
     for split, split_stats in stats.items():
         artifacts.write_text(
-            os.path.join(artifacts.split_dir(output_dir, split), "statistics.html"),
+            STATISTICS.path(output_dir, "view", split),
             get_statistics_html(split_stats, lhs_name=split))
     if "train" in stats:
         for split in stats.keys() - {"train"}:

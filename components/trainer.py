@@ -47,6 +47,7 @@ import tf_keras as keras
 
 from components.model import build_cnn, compile_cnn
 import pipeline
+from pipeline.artifact_types import MODEL
 from pipeline import artifacts
 from pipeline.config import (LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig,
                              add_flags, resolve)
@@ -89,21 +90,13 @@ def run(examples_dir: str, output_dir: str | None, config: TrainerConfig, ingest
 
 def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, chief: bool,
            base_model: str | None, export: bool = True) -> dict:
-    files = {split: artifacts.example_files(examples_dir, split)
-             for split in ("train", "eval")}
-    for split, paths in files.items():
-        if not paths:
-            raise UserError(f"The Trainer found no TFRecords in "
-                            f"{artifacts.split_dir(examples_dir, split)}. Point it at a "
-                            f"completed ExampleGen output folder.")
-    counts = {split: _label_counts(paths, len(ingest.classes)) for split, paths in files.items()}
+    """Fit, resumably, keep the best epoch's weights, export them; the summary (training.json)."""
+    files, counts = _splits(examples_dir, ingest)
     class_weight = _class_weight(counts["train"], config.class_weight)
-    image_bytes = ingest.n_pixels + 16
-    train = _dataset(files["train"], ingest, config, int(counts["train"].sum()), training=True,
-                     cache=counts["train"].sum() * image_bytes <= config.cache_max_bytes)
-    evaluation = _dataset(files["eval"], ingest, config, int(counts["eval"].sum()), training=False,
-                          cache=counts["eval"].sum() * image_bytes <= config.cache_max_bytes)
-
+    train, evaluation = (_dataset(
+        files[split], ingest, config, int(counts[split].sum()), training=split == "train",
+        cache=counts[split].sum() * (ingest.n_pixels + 16) <= config.cache_max_bytes)
+        for split in ("train", "eval"))
     n_train = int(counts["train"].sum())
     steps_per_epoch = -(-n_train // config.batch_size)
     peak = config.learning_rate * (config.warm_start["learning_rate_factor"] if base_model else 1)
@@ -116,40 +109,20 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
     population = PopulationBatchNorm(
         trainer_model.layers[-1], strategy, schedule,
         _statistics_images(files["train"], ingest, config, n_train), evaluation)
-
-    artifacts.makedirs(artifacts.join(out, "checkpoints"))
-    backup = artifacts.join(out, "checkpoints", "backup")
-    history_path = artifacts.join(out, "history.csv")
-    best_weights = artifacts.join(out, "checkpoints", "best", "weights")
-    initial_epoch = _resume_point(backup, history_path)
-    if initial_epoch:
-        print(f"Trainer: resuming after epoch {initial_epoch} from {backup}", flush=True)
-    best = _best_row(_read_history(history_path), config.early_stopping["monitor"])
-    monitor = config.early_stopping["monitor"]
-    # The backup comes last: history, best weights and learning rate are settled when it is taken.
-    callbacks = [
-        population,  # first: history records what it adds
-        keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.ModelCheckpoint(
-            best_weights, monitor=monitor, save_best_only=True,
-            save_weights_only=True, initial_value_threshold=float(best[monitor]) if best else None),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping["patience"]),
-        keras.callbacks.TensorBoard(artifacts.join(out, "logs")),
-        keras.callbacks.BackupAndRestore(backup, save_freq="epoch"),
-    ]
+    initial_epoch, callbacks = _callbacks(out, config, population)
     started = time.perf_counter()
     trainer_model.fit(train, validation_data=evaluation, epochs=config.epochs,
                       class_weight=class_weight, callbacks=callbacks, shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 2)
     seconds = time.perf_counter() - started
-    artifacts.remove(backup)  # fit finished: nothing left to resume
+    artifacts.remove(_backup(out))  # fit finished: nothing left to resume
 
-    history = _read_history(history_path)
-    best = _best_row(history, monitor)
+    history = _read_history(MODEL.path(out, "history"))
+    best = _best_row(history, config.early_stopping["monitor"])
     if chief and export:
-        model = _best_model(trainer_model, best_weights, config, ingest)
-        _export(model, artifacts.join(out, "serving_model"), ingest)
-        model.save(artifacts.join(out, "model.keras"))
+        model = _best_model(trainer_model, _best_weights(out), config, ingest)
+        _export(model, MODEL.path(out, "serving_model"), ingest)
+        model.save(MODEL.path(out, "keras"))
     epochs_now = len(history) - initial_epoch
     summary = {
         "examples": str(examples_dir),
@@ -163,22 +136,67 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
         "resumed_after_epoch": initial_epoch,
         "best_epoch": int(best["epoch"]) + 1 if best else None,
         "best_eval": {k: float(best[k]) for k in ("val_accuracy", "val_loss")} if best else None,
-        # Eval accuracy with batch-norm in inference mode (the exported model) against training
-        # mode (each batch's own statistics): a large gap means stale moving statistics.
-        "batch_norm_gap": {
-            "inference_mode": float(best["val_accuracy"]),
-            "training_mode": float(best[BATCH_STATS_ACCURACY]),
-            "gap": round(float(best[BATCH_STATS_ACCURACY]) - float(best["val_accuracy"]), 4),
-        } if best and best.get(BATCH_STATS_ACCURACY) else None,
+        "batch_norm_gap": _batch_norm_gap(best),
         "learning_rate": {"peak": peak, "warmup_steps": schedule.warmup_steps,
                           "total_steps": schedule.total_steps},
         "warm_start": warm_start,
         "train_images_per_second": round(
             epochs_now * counts["train"].sum() / seconds, 1) if epochs_now else None,
-        "serving_model": artifacts.join(out, "serving_model") if export else None,
+        "serving_model": MODEL.path(out, "serving_model") if export else None,
     }
-    artifacts.write_text(artifacts.join(out, "training.json"), json.dumps(summary, indent=2))
+    artifacts.write_text(MODEL.path(out, "summary"), json.dumps(summary, indent=2))
     return summary
+
+
+def _splits(examples_dir: str, ingest: IngestConfig) -> tuple[dict, dict]:
+    """The TFRecord files of the train and eval splits, and their label counts."""
+    files = {split: artifacts.example_files(examples_dir, split) for split in ("train", "eval")}
+    for split, paths in files.items():
+        if not paths:
+            raise UserError(f"The Trainer found no TFRecords in "
+                            f"{artifacts.split_dir(examples_dir, split)}. Point it at a "
+                            f"completed ExampleGen output folder.")
+    return files, {split: _label_counts(paths, len(ingest.classes))
+                   for split, paths in files.items()}
+
+
+def _backup(out: str) -> str:
+    return artifacts.join(MODEL.path(out, "checkpoints"), "backup")
+
+
+def _best_weights(out: str) -> str:
+    return artifacts.join(MODEL.path(out, "checkpoints"), "best", "weights")
+
+
+def _callbacks(out: str, config: TrainerConfig, population) -> tuple[int, list]:
+    """(the epoch training resumes after, 0 for a fresh start; the callbacks of fit), the backup
+    last: history, best weights and learning rate are settled when it is taken."""
+    artifacts.makedirs(MODEL.path(out, "checkpoints"))
+    history_path, monitor = MODEL.path(out, "history"), config.early_stopping["monitor"]
+    initial_epoch = _resume_point(_backup(out), history_path)
+    if initial_epoch:
+        print(f"Trainer: resuming after epoch {initial_epoch} from {_backup(out)}", flush=True)
+    best = _best_row(_read_history(history_path), monitor)
+    return initial_epoch, [
+        population,  # first: history records what it adds
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.ModelCheckpoint(
+            _best_weights(out), monitor=monitor, save_best_only=True,
+            save_weights_only=True, initial_value_threshold=float(best[monitor]) if best else None),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping["patience"]),
+        keras.callbacks.TensorBoard(MODEL.path(out, "logs")),
+        keras.callbacks.BackupAndRestore(_backup(out), save_freq="epoch"),
+    ]
+
+
+def _batch_norm_gap(best: dict | None) -> dict | None:
+    """Eval accuracy with batch-norm in inference mode (the exported model) against training mode
+    (each batch's own statistics): a large gap means stale moving statistics."""
+    if not best or not best.get(BATCH_STATS_ACCURACY):
+        return None
+    return {"inference_mode": float(best["val_accuracy"]),
+            "training_mode": float(best[BATCH_STATS_ACCURACY]),
+            "gap": round(float(best[BATCH_STATS_ACCURACY]) - float(best["val_accuracy"]), 4)}
 
 
 def _trainer_model(config: TrainerConfig, ingest: IngestConfig) -> keras.Model:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 
 from components import trainer
+from pipeline.artifact_types import HYPERPARAMETERS
 from pipeline import artifacts
 from pipeline.config import IngestConfig, TrainerConfig, TunerConfig
 
@@ -44,8 +45,8 @@ def run(examples_dir: str, output_dir: str, config: TrainerConfig, ingest: Inges
     study.optimize(objective, n_trials=trials)
     result = {"best_hyperparameters": study.best_trial.params, "best_value": study.best_value,
               "epochs_per_trial": search.epochs_per_trial, "trials": done}
-    artifacts.write_text(artifacts.join(output_dir, "trials.json"), json.dumps(done, indent=2))
-    artifacts.write_text(artifacts.join(output_dir, "best_hyperparameters.json"),
+    artifacts.write_text(HYPERPARAMETERS.path(output_dir, "trials"), json.dumps(done, indent=2))
+    artifacts.write_text(HYPERPARAMETERS.path(output_dir, "best"),
                          json.dumps(study.best_trial.params, indent=2))
     return result
 

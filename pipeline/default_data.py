@@ -78,28 +78,38 @@ def write_csv(path: str | Path, rows: int, seed: int) -> str | Path:
 
 
 def _draw_face(rng, label, gx, gy, n) -> np.ndarray:
+    """One face of class `label` on an n x n grid (gx, gy), values in [0, 1]. The random draws
+    happen in a fixed order, so a seed always gives the same faces."""
     # Expression at a random intensity between neutral and the full class expression.
     intensity = rng.uniform(0.35, 1.0)
     eye_open, brow_lift, brow_tilt, curve, mouth_open, width, wrinkle, asym = (
         _NEUTRAL + intensity * (_EXPRESSIONS[label] - _NEUTRAL))
+    x, y = _pose(rng, gx, gy, n)
+    img, skin, eye_x, eye_y, mouth_y = _head(rng, x, y, gx, n)
+    _eyes_and_brows(img, rng, x, y, skin, eye_x, eye_y, eye_open, brow_lift, brow_tilt)
+    _nose(img, x, y, skin, wrinkle)
+    _mouth(img, x, y, skin, mouth_y, curve, mouth_open, width, asym, smile=label == 3)
+    return _camera(img, rng, gx, gy, n)
 
-    # Pose: image pixel -> face coordinates.
+
+def _pose(rng, gx, gy, n) -> tuple[np.ndarray, np.ndarray]:
+    """Image pixel -> face coordinates: the face's size, tilt, centre, and a mirror image
+    (asymmetric expressions appear on either side)."""
     half = n / 2 * rng.uniform(0.78, 0.98)
     angle = np.deg2rad(np.clip(rng.normal(0, 7), -18, 18))
     cx, cy = n / 2 + rng.normal(0, n * 0.04, 2)
     dx, dy = gx - cx, gy - cy
     x = (dx * np.cos(angle) + dy * np.sin(angle)) / half
     y = (-dx * np.sin(angle) + dy * np.cos(angle)) / half
-    if rng.random() < 0.5:
-        x = -x  # mirror image: asymmetric expressions appear on either side
+    return (-x if rng.random() < 0.5 else x), y
 
-    # Identity.
+
+def _head(rng, x, y, gx, n) -> tuple:
+    """Identity (face width, skin, eye and mouth placement), background, hair, lighting."""
     face_w = rng.uniform(0.68, 0.82)
     skin = rng.uniform(0.45, 0.85)
     eye_x, eye_y = rng.uniform(0.27, 0.36), rng.uniform(-0.30, -0.18)
     mouth_y = rng.uniform(0.45, 0.58)
-
-    # Background, face, hair, lighting.
     bg = rng.uniform(0.05, 0.9) + rng.uniform(-0.25, 0.25) * (gx / n - 0.5)
     img = np.broadcast_to(bg, x.shape).copy()
     face = (x / face_w) ** 2 + (y / 1.0) ** 2 <= 1
@@ -110,8 +120,12 @@ def _draw_face(rng, label, gx, gy, n) -> np.ndarray:
         img[hair] = rng.uniform(0.03, 0.4)
     light = rng.uniform(-0.3, 0.3)
     img[face] *= 1 + light * x[face]
+    return img, skin, eye_x, eye_y, mouth_y
 
-    # Eyes, with irises, and optional glasses.
+
+def _eyes_and_brows(img, rng, x, y, skin, eye_x, eye_y, eye_open, brow_lift, brow_tilt) -> None:
+    """Eyes with irises, optional glasses; brows as thick segments from the inner end (tilted by
+    brow_tilt) to the outer end."""
     eye_ry = 0.075 * eye_open
     for side in (-1, 1):
         ex = side * eye_x
@@ -122,33 +136,38 @@ def _draw_face(rng, label, gx, gy, n) -> np.ndarray:
         for side in (-1, 1):
             r = np.hypot(x - side * eye_x, y - eye_y)
             img[(r > 0.16) & (r < 0.2)] = 0.08
-
-    # Brows: a thick segment from the inner end (tilted by brow_tilt) to the outer end.
     for side in (-1, 1):
         base = eye_y - 0.17 - brow_lift
         inner = np.array([side * 0.08, base - brow_tilt])
         outer = np.array([side * 0.47, base + 0.02])
         img[_segment_distance(x, y, inner, outer) < 0.035] = 0.12
 
-    # Nose, and wrinkles on its bridge (disgust, anger).
+
+def _nose(img, x, y, skin, wrinkle) -> None:
+    """Nostrils, and wrinkles on the bridge (disgust, anger)."""
     for side in (-1, 1):
         img[(x - side * 0.06) ** 2 + (y - 0.22) ** 2 <= 0.03 ** 2] = skin * 0.45
     for k in range(int(round(wrinkle * 3))):
         img[(np.abs(y - (-0.02 + 0.05 * k)) < 0.012) & (np.abs(x) < 0.09)] = skin * 0.55
 
-    # Mouth: a curve whose corners rise (smile) or fall (frown), optionally open.
+
+def _mouth(img, x, y, skin, mouth_y, curve, mouth_open, width, asym, smile: bool) -> None:
+    """A curve whose corners rise (smile) or fall (frown), optionally open, teeth in a smile."""
     u = x / width
     within = np.abs(u) <= 1
     centre = mouth_y - curve * u ** 2 + asym * u
     gap = mouth_open * (1 - u ** 2)
     inside = within & (y > centre - gap / 2) & (y < centre + gap / 2)
     img[inside] = 0.08
-    if label == 3 and mouth_open > 0.03:
-        img[inside & (y < centre)] = 0.9  # teeth in a smile
-    lips = within & ((np.abs(y - (centre - gap / 2)) < 0.03) | (np.abs(y - (centre + gap / 2)) < 0.03))
+    if smile and mouth_open > 0.03:
+        img[inside & (y < centre)] = 0.9
+    lips = within & ((np.abs(y - (centre - gap / 2)) < 0.03)
+                     | (np.abs(y - (centre + gap / 2)) < 0.03))
     img[lips] = skin * 0.55
 
-    # Occluder (a hand, a strand of hair, a watermark), camera gamma and noise.
+
+def _camera(img, rng, gx, gy, n) -> np.ndarray:
+    """An occluder (a hand, a strand of hair, a watermark), camera gamma and noise."""
     if rng.random() < 0.12:
         x0, y0 = rng.uniform(0, n, 2)
         w, h = rng.uniform(n * 0.1, n * 0.35, 2)

@@ -47,6 +47,7 @@ def lineage(root: str, serving_dir: str, model_name: str, version: int | None,
     from ml_metadata.proto import metadata_store_pb2 as mlmd
 
     from pipeline import artifacts, metadata, serving
+    from pipeline.artifact_types import PUSHED_MODEL, SERVING_MODEL
 
     root = artifacts.absolute(root)
     connection = metadata.store_connection(root, metadata_config)
@@ -68,10 +69,10 @@ def lineage(root: str, serving_dir: str, model_name: str, version: int | None,
             return
         seen.add(producer)
         [execution] = store.get_executions_by_id([producer])
-        [kind] = store.get_execution_types_by_id([execution.type_id])
+        [step] = store.get_execution_types_by_id([execution.type_id])
         props = execution.custom_properties
         state = mlmd.Execution.State.Name(execution.last_known_state)
-        lines.append("  " * depth + f"{kind.name} (execution {execution.id}, {state}, commit "
+        lines.append("  " * depth + f"{step.name} (execution {execution.id}, {state}, commit "
                      f"{props['commit'].string_value}, code {props['code'].string_value}): "
                      f"{props['folder'].string_value}")
         parameters = json.loads(props["parameters"].string_value)
@@ -79,17 +80,24 @@ def lineage(root: str, serving_dir: str, model_name: str, version: int | None,
             text = json.dumps(value, sort_keys=True)
             lines.append("  " * depth + f"  {key} = "
                          f"{text if len(text) < 120 else text[:117] + '...'}")
-        inputs = [e.artifact_id for e in store.get_events_by_execution_ids([producer])
+        events = [e for e in store.get_events_by_execution_ids([producer])
                   if e.type == mlmd.Event.INPUT]
-        for artifact in store.get_artifacts_by_id(inputs):
+        names = {e.artifact_id: e.path.steps[0].key if e.path.steps else "" for e in events}
+        for artifact in store.get_artifacts_by_id([e.artifact_id for e in events]):
             sha = artifact.custom_properties.get("sha256")
             [kind] = store.get_artifact_types_by_id([artifact.type_id])
             if sha is not None:
                 lines.append("  " * depth + f"  input file {artifact.uri} "
                              f"sha256 {sha.string_value}")
                 continue
-            if kind.name in ("PushedModel", "ServingModel"):  # a Trainer's warm start
+            if kind.name in (PUSHED_MODEL.name, SERVING_MODEL.name):  # the model serving then
+                if step.name != "Trainer" or not parameters.get("warm_start", True):
+                    lines.append("  " * depth + f"  serving model then {artifact.uri}")
+                    continue
                 lines.append("  " * depth + f"  base model {artifact.uri}")
+            elif names[artifact.id] == "previous":
+                lines.append("  " * depth + f"  drift checked against {artifact.uri}")
+                continue
             walk(artifact.id, depth + 1)
 
     if execution is not None:
@@ -110,13 +118,24 @@ def lineage(root: str, serving_dir: str, model_name: str, version: int | None,
                 artifacts.join(serving_dir, model_name))):
         raise UserError(f"No version {'' if version is None else version} of model "
                         f"{model_name!r} in {serving_dir}.")
-    pushed = [a for a in store.get_artifacts_by_type("PushedModel")
+    try:
+        context = store.get_context_by_type_and_name("Pipeline", root)
+    except Exception:  # no such type yet: nothing ran here
+        context = None
+    pushed = [a for a in (metadata.pushes(store, context.id) if context else [])
               if artifacts.absolute(a.uri) == artifacts.absolute(target)]
     if not pushed:
         raise UserError(f"{target} was not pushed by a run with pipeline root {root}; pass the "
                         f"root of the run that pushed it.")
     lines.append(f"{target} came from:")
     walk(pushed[-1].id, 1)
+    readers = [v.execution_id for v in store.get_events_by_artifact_ids([pushed[-1].id])
+               if v.type == mlmd.Event.INPUT]
+    for e in store.get_executions_by_id(readers):
+        if e.last_known_state == mlmd.Execution.COMPLETE:
+            [kind] = store.get_execution_types_by_id([e.type_id])
+            lines.append(f"and went into: {kind.name} (execution {e.id}): "
+                         f"{e.custom_properties['folder'].string_value}")
     return lines
 
 

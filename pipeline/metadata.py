@@ -26,12 +26,11 @@ from ml_metadata import errors, metadata_store
 from ml_metadata.proto import metadata_store_pb2 as mlmd
 
 from pipeline import artifacts
+from pipeline.artifact_types import (DATA_FILE, EXAMPLES, PUSHED_MODEL, SERVING_MODEL,
+                                     STATISTICS, ArtifactType)
 from pipeline.errors import IntegrityError, UserError
 
 _CODE_DIRS = ("components", "pipeline")
-OUTPUT_TYPES = {"ExampleGen": "Examples", "StatisticsGen": "ExampleStatistics",
-                "SchemaGen": "Schema", "ExampleValidator": "ExampleAnomalies",
-                "Tuner": "HyperParameters", "Trainer": "Model", "Evaluator": "ModelEvaluation", "Pusher": "PushedModel"}
 
 
 def fingerprint(*parts) -> str:
@@ -404,8 +403,10 @@ class Store:
                 return folder
         return None
 
-    def start(self, component: str, print_: str, parameters: dict, inputs: list[int],
-              folder: str, code: str) -> mlmd.Execution:
+    def start(self, component: str, print_: str, parameters: dict,
+              inputs: list[tuple[int, str]], folder: str, code: str) -> mlmd.Execution:
+        """Record the execution RUNNING with its inputs, (artifact id, the input's name) each:
+        the name is the event's path, as TFX keys its input events."""
         if self.lease and self.lease.lost:
             raise IntegrityError(
                 f"This run lost its hold on the pipeline root: its lease in the metadata "
@@ -419,53 +420,58 @@ class Store:
                            "parameters": json.dumps(parameters, sort_keys=True, default=str),
                            "pid": str(os.getpid()), "host": socket.gethostname()}.items():
             e.custom_properties[key].string_value = value
-        inputs = self.store.get_artifacts_by_id(inputs) if inputs else []
-        e.id, _, _ = self._put(e, [(a, mlmd.Event.INPUT) for a in inputs])
+        found = {a.id: a for a in self.store.get_artifacts_by_id([i for i, _ in inputs])} if (
+            inputs) else {}
+        e.id, _, _ = self._put(e, [(found[i], mlmd.Event.INPUT, key) for i, key in inputs])
         return e
 
     def associate(self, e: mlmd.Execution) -> None:
         self.store.put_attributions_and_associations(
             [], [mlmd.Association(context_id=self.run.id, execution_id=e.id)])
 
-    def finish(self, e: mlmd.Execution, component: str, uri: str, result, **properties) -> int:
+    def finish(self, e: mlmd.Execution, kind: ArtifactType, uri: str, result,
+               **properties) -> int:
         """Mark the execution COMPLETE with its output artifact, atomically; returns the
         artifact id."""
-        artifact = mlmd.Artifact(type_id=self._type("artifact", OUTPUT_TYPES[component]),
+        artifact = mlmd.Artifact(type_id=self._type("artifact", kind.name),
                                  uri=uri, state=mlmd.Artifact.LIVE)
         for key, value in {"fingerprint": e.custom_properties["fingerprint"].string_value,
                            **properties}.items():
             artifact.custom_properties[key].string_value = str(value)
         e.last_known_state = mlmd.Execution.COMPLETE
         e.custom_properties["result"].string_value = json.dumps(result, default=str)
-        _, [artifact_id], _ = self._put(e, [(artifact, mlmd.Event.OUTPUT)])
+        _, [artifact_id], _ = self._put(e, [(artifact, mlmd.Event.OUTPUT, "output")])
         return artifact_id
 
     def _put(self, e: mlmd.Execution, artifacts: list) -> tuple:
-        """One transaction: the execution, its (artifact, event type) pairs and this run's
-        context. A kill leaves all of it recorded or none (never a COMPLETE execution without
-        its output)."""
+        """One transaction: the execution, its (artifact, event type, name) triples and this
+        run's context. A kill leaves all of it recorded or none (never a COMPLETE execution
+        without its output)."""
         return self.store.put_execution(
-            e, [(a, mlmd.Event(type=kind)) for a, kind in artifacts], [self.run, self.pipeline],
-            force_reuse_context=True)
+            e, [(a, mlmd.Event(type=kind, path=mlmd.Event.Path(
+                steps=[mlmd.Event.Path.Step(key=key)]))) for a, kind, key in artifacts],
+            [self.run, self.pipeline], force_reuse_context=True)
 
     def fail(self, e: mlmd.Execution, why: str) -> None:
         e.last_known_state = mlmd.Execution.FAILED
         e.custom_properties["failure"].string_value = why[:1000]
         self.store.put_executions([e])
 
-    def pushed(self, path: str) -> bool:
-        """Whether a finished Pusher of this root recorded pushing to `path`."""
-        return any(a.uri and artifacts.absolute(a.uri) == artifacts.absolute(path)
-                   for a in self.store.get_artifacts_by_type("PushedModel"))
+    def pushed(self, path: str) -> int | None:
+        """The PushedModel artifact of this root's push to `path`, if it made that push."""
+        for artifact in pushes(self.store, self.pipeline.id):
+            if artifacts.absolute(artifact.uri) == artifacts.absolute(path):
+                return artifact.id
+        return None
 
     def model(self, path: str, content: str) -> int:
-        """The artifact of a serving model: the PushedModel that put it there, or else a record
-        of the model found there (pushed by another root, or by hand)."""
-        for a in self.store.get_artifacts_by_type("PushedModel"):
-            if a.uri and artifacts.absolute(a.uri) == artifacts.absolute(path):
-                return a.id
-        type_id = self._type("artifact", "ServingModel")
-        for a in self.store.get_artifacts_by_type("ServingModel"):
+        """The artifact of a serving model: this root's PushedModel that put it there, or else a
+        record of the model found there (pushed by another root, or by hand)."""
+        pushed = self.pushed(path)
+        if pushed is not None:
+            return pushed
+        type_id = self._type("artifact", SERVING_MODEL.name)
+        for a in self.store.get_artifacts_by_type(SERVING_MODEL.name):
             if a.uri == str(path) and a.custom_properties["content"].string_value == str(content):
                 return a.id
         artifact = mlmd.Artifact(type_id=type_id, uri=str(path), state=mlmd.Artifact.LIVE)
@@ -479,21 +485,23 @@ class Store:
         validator = self._type("execution", "ExampleValidator")
         passed = sorted((e for e in self.store.get_executions_by_context(self.pipeline.id)
                          if e.type_id == validator
-                         and e.last_known_state == mlmd.Execution.COMPLETE),
+                         and e.last_known_state == mlmd.Execution.COMPLETE
+                         and not any(f["action"] == "stop" for f in json.loads(
+                             e.custom_properties["result"].string_value))),
                         key=lambda e: e.id, reverse=True)
         for e in passed:
-            for statistics in self._inputs(e, "ExampleStatistics"):
+            for statistics in self._inputs(e, STATISTICS):
                 for producer in self._producers(statistics.id):
                     yield statistics, producer
 
-    def previous_statistics(self, split: str, other_than: str) -> str | None:
-        """The statistics of `split` that the newest finished validation of this root passed,
-        other than `other_than` (this run's own, when its StatisticsGen was reused)."""
+    def previous_statistics(self, split: str, other_than: int) -> tuple[str, mlmd.Artifact] | None:
+        """(the file of `split`, the StatisticsGen artifact) that the newest validation of this
+        root passed, other than the artifact `other_than` (this run's own, when reused)."""
         for statistics, producer in self._validated_statistics():
             path = json.loads(producer.custom_properties["result"].string_value).get(split)
-            if statistics.state == mlmd.Artifact.LIVE and path and path != other_than and (
-                    artifacts.exists(path)):
-                return path
+            if statistics.state == mlmd.Artifact.LIVE and path and statistics.id != other_than \
+                    and artifacts.exists(path):
+                return path, statistics
         return None
 
     def validated_examples(self) -> list[tuple[str, dict, int, str, set[int]]]:
@@ -501,23 +509,23 @@ class Store:
         first: (folder, ExampleGen's result, artifact id, fingerprint, ids of its input files)."""
         found, seen = [], set()
         for _, producer in self._validated_statistics():
-            for examples in self._inputs(producer, "Examples"):
+            for examples in self._inputs(producer, EXAMPLES):
                 folder = examples.uri
                 if examples.id in seen or examples.state != mlmd.Artifact.LIVE or not (
                         artifacts.is_complete(folder)):
                     continue
                 seen.add(examples.id)
                 [made_by] = self._producers(examples.id)
-                files = {a.id for a in self._inputs(made_by, "DataFile")}
+                files = {a.id for a in self._inputs(made_by, DATA_FILE)}
                 found.append((folder, json.loads(
                     made_by.custom_properties["result"].string_value), examples.id,
                     examples.custom_properties["fingerprint"].string_value, files))
         return found
 
-    def _inputs(self, e: mlmd.Execution, type_name: str) -> list[mlmd.Artifact]:
+    def _inputs(self, e: mlmd.Execution, kind: ArtifactType) -> list[mlmd.Artifact]:
         ids = [v.artifact_id for v in self.store.get_events_by_execution_ids([e.id])
                if v.type == mlmd.Event.INPUT]
-        type_id = self._type("artifact", type_name)
+        type_id = self._type("artifact", kind.name)
         return [a for a in self.store.get_artifacts_by_id(ids) if a.type_id == type_id]
 
     def _producers(self, artifact_id: int) -> list[mlmd.Execution]:
@@ -532,9 +540,9 @@ class Store:
 
     def input_files(self, prints: dict[str, str]) -> list[int]:
         """Artifacts for the input files (one per path and content), reused when known."""
-        type_id = self._type("artifact", "DataFile")
+        type_id = self._type("artifact", DATA_FILE.name)
         known = {(a.uri, a.custom_properties["sha256"].string_value): a.id
-                 for a in self.store.get_artifacts_by_type("DataFile")}
+                 for a in self.store.get_artifacts_by_type(DATA_FILE.name)}
         ids = []
         for path, sha in prints.items():
             if (path, sha) not in known:
@@ -543,3 +551,18 @@ class Store:
                 [known[(path, sha)]] = self.store.put_artifacts([artifact])
             ids.append(known[(path, sha)])
         return ids
+
+
+def pushes(store: metadata_store.MetadataStore, root_context: int) -> list[mlmd.Artifact]:
+    """The models a root pushed (PushedModel artifacts of its finished Pushers), oldest first;
+    other roots sharing the database are not asked."""
+    try:
+        kind = store.get_artifact_type(PUSHED_MODEL.name)
+    except errors.NotFoundError:  # nothing was ever pushed with this database
+        return []
+    finished = [e.id for e in store.get_executions_by_context(root_context)
+                if e.last_known_state == mlmd.Execution.COMPLETE]
+    outputs = [v.artifact_id for v in store.get_events_by_execution_ids(finished)
+               if v.type == mlmd.Event.OUTPUT] if finished else []
+    return sorted((a for a in store.get_artifacts_by_id(outputs) if a.type_id == kind.id
+                   and a.uri), key=lambda a: a.id)

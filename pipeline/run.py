@@ -7,7 +7,6 @@ Flags this program does not know are passed to Apache Beam, e.g.
 import argparse
 import dataclasses
 import difflib
-import functools
 import json
 import os
 import signal
@@ -16,6 +15,9 @@ import typing
 
 import pipeline
 from pipeline import artifacts, config
+from pipeline.artifact_types import (ANOMALIES, DATA_PAGE, EVALUATION, EXAMPLES, HYPERPARAMETERS,
+                                     MODEL, PUSHED_MODEL, REPORT, SCHEMA, STATISTICS,
+                                     ArtifactType)
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
 
 
@@ -139,120 +141,181 @@ def run(args, beam_args) -> None:
     connection = metadata.store_connection(root, args.metadata_config)
     try:
         with metadata.exclusive(root, connection) as lease:
-            Run(args, beam_args, settings, root, metadata.Store(root, connection, lease)).all()
+            Run(Context(settings, args, tuple(beam_args), root),
+                metadata.Store(root, connection, lease)).all()
     except artifacts.Busy as holder:
         raise UserError(f"Another run is using the pipeline root {root} ({holder}). Wait for it "
                         f"to finish, or give this run its own --pipeline-root.") from None
 
 
+class Context(typing.NamedTuple):
+    """What every step may know besides its inputs: the checked settings and the run's flags."""
+
+    settings: config.Settings
+    args: argparse.Namespace
+    beam_args: tuple[str, ...]
+    root: str
+
+
+class Output(typing.NamedTuple):
+    """An artifact as a step receives it: where it is, what its producer returned, its ML
+    Metadata id, its fingerprint, and whether this run reused it."""
+
+    uri: str
+    result: typing.Any
+    artifact: int
+    fingerprint: str | None
+    cached: bool = False
+
+
 class Step(typing.NamedTuple):
-    """One step of the pipeline, as data. Its output is reused when a finished execution has the
-    same fingerprint: component, parameters, the outputs of `inputs` (and the `recorded` inputs
-    that carry a fingerprint), and the code."""
+    """One step of the pipeline, as data. `inputs` names, for each argument of its body, the
+    earlier step whose output it reads or the resolver (RESOLVERS) that finds it in ML Metadata;
+    the runner binds them. Its output is reused when a finished execution has the same
+    fingerprint: component, parameters, every input but the `unkeyed` ones, and the code. Every
+    callable gets the Context and the bound inputs as keyword arguments."""
 
     name: str
-    inputs: tuple[str, ...]                 # the earlier steps whose outputs it reads
-    body: typing.Callable                   # (run, output folder) -> result: the component
-    say: typing.Callable                    # (run, Output) -> what it prints
-    parameters: typing.Callable             # (run) -> dict: what else decides its output
-    when: typing.Callable = lambda run: True
-    resumable: bool = False                 # an unfinished execution is continued, not redone
-    effect: typing.Callable | None = None   # (result) -> where it acted outside the root: never
-    #                                         reused, always run
-    recorded: typing.Callable = lambda run: []  # (run) -> [(artifact id, fingerprint or None)]:
-    #                                         inputs that are no step's output (None: not in key)
-    then: typing.Callable = lambda run: None    # (run) -> a message that ends the run, or None
+    produces: ArtifactType
+    body: typing.Callable                    # (context, out, **inputs) -> result: the component
+    say: typing.Callable                     # (context, output, **inputs) -> what it prints
+    inputs: dict[str, str] = {}
+    parameters: typing.Callable = lambda context: {}  # what else decides its output
+    when: typing.Callable = lambda context: True      # (context) -> whether it runs at all
+    unkeyed: tuple[str, ...] = ()            # inputs in its lineage but not its fingerprint
+    resumable: bool = False                  # an unfinished execution is continued, not redone
+    effect: typing.Callable | None = None    # (result) -> where it acted outside the root: never
+    #                                          reused, always run
+    then: typing.Callable = lambda context, output, **inputs: None  # a message that ends the
+    #                                          run, or None; raises to stop it with an error
 
 
 def steps() -> tuple[Step, ...]:
     """The pipeline's DAG, in the order it runs."""
-    return (
-        Step("ExampleGen", (), _ingest, _summary, recorded=_data_files, parameters=lambda r: {
-            "data": r.data, "config": dataclasses.asdict(r.settings.ingest)}),
-        Step("StatisticsGen", ("ExampleGen",), _statistics, _say_statistics, parameters=lambda r: {
-            "exposure": r.settings.validation["exposure"], "schema": r.curated_schema_text}),
-        Step("SchemaGen", ("StatisticsGen",), _schema, _say_schema, parameters=lambda r: {
-            "schema": r.curated_schema_text, "classes": r.settings.ingest.classes}),
-        Step("ExampleValidator", ("StatisticsGen", "SchemaGen"), _validate, _say_validation,
-             parameters=lambda r: {"policy": r.settings.validation,
-                                   "previous": r.previous_statistics}),
-        Step("Tuner", ("ExampleGen",), _tune, _say_tuner, when=lambda r: r.settings.tune > 0,
-             parameters=lambda r: {"trials": r.settings.tune,
-                                   "space": dataclasses.asdict(r.settings.tuner),
-                                   "config": dataclasses.asdict(r.settings.trainer)}),
-        Step("Trainer", ("ExampleGen", "Tuner"), _train, _say_trainer, resumable=True,
-             recorded=_trainer_lineage, then=_nothing_new, parameters=lambda r: {
-                 "config": dataclasses.asdict(r.trainer_config),
-                 "distribution": r.args.distribution, "warm_start": not r.args.from_scratch}),
-        Step("Evaluator", ("Trainer", "ExampleGen"), _evaluate, _say_evaluation,
-             recorded=lambda r: [(artifact, print_) for _, artifact, print_ in
-                                 r.evaluation_examples[1:]],
-             then=_nothing_new_after_evaluation,
-             parameters=lambda r: {"gates": dataclasses.asdict(r.settings.evaluation),
-                                   "baseline": str(r.baseline),
-                                   "baseline_content": r.baseline_content}),
-        Step("Pusher", ("Trainer", "Evaluator"), _push, _say_push,
+    return checked((
+        Step("ExampleGen", EXAMPLES, _ingest, _say_examples, inputs={"data": "data files"},
+             parameters=lambda c: {"data": c.args.data or "built-in",
+                                   "config": dataclasses.asdict(c.settings.ingest)}),
+        Step("StatisticsGen", STATISTICS, _statistics, _say_statistics,
+             inputs={"examples": "ExampleGen"}, parameters=lambda c: {
+                 "exposure": c.settings.validation["exposure"], "schema": _curated_text(c)}),
+        Step("SchemaGen", SCHEMA, _schema, _say_schema, inputs={"statistics": "StatisticsGen"},
+             parameters=lambda c: {"schema": _curated_text(c),
+                                   "classes": c.settings.ingest.classes}),
+        Step("ExampleValidator", ANOMALIES, _validate, _say_validation, then=_stop_here,
+             inputs={"statistics": "StatisticsGen", "schema": "SchemaGen",
+                     "previous": "previous statistics"},
+             parameters=lambda c: {"policy": c.settings.validation}),
+        Step("DataPage", DATA_PAGE, _data_page, _say_data_page, then=_stop_on_anomalies,
+             inputs={"statistics": "StatisticsGen", "examples": "ExampleGen",
+                     "anomalies": "ExampleValidator"},
+             parameters=lambda c: {"classes": c.settings.ingest.classes}),
+        Step("Tuner", HYPERPARAMETERS, _tune, _say_tuner, inputs={"examples": "ExampleGen"},
+             when=lambda c: c.settings.tune > 0, parameters=lambda c: {
+                 "trials": c.settings.tune, "space": dataclasses.asdict(c.settings.tuner),
+                 "config": dataclasses.asdict(c.settings.trainer)}),
+        Step("Trainer", MODEL, _train, _say_trainer, resumable=True, then=_nothing_new,
+             inputs={"examples": "ExampleGen", "hyperparameters": "Tuner",
+                     "validation": "ExampleValidator", "serving": "serving model"},
+             unkeyed=("validation", "serving"),  # see _train
+             parameters=lambda c: {"config": dataclasses.asdict(c.settings.trainer),
+                                   "distribution": c.args.distribution,
+                                   "warm_start": not c.args.from_scratch}),
+        Step("Evaluator", EVALUATION, _evaluate, _say_evaluation,
+             inputs={"model": "Trainer", "examples": "ExampleGen",
+                     "earlier": "earlier examples", "baseline": "serving model"},
+             parameters=lambda c: {"gates": dataclasses.asdict(c.settings.evaluation)}),
+        Step("Pusher", PUSHED_MODEL, _push, _say_push,
+             inputs={"model": "Trainer", "evaluation": "Evaluator", "serving": "serving model"},
              effect=lambda result: result.get("path", ""),
-             parameters=lambda r: {"serving_dir": artifacts.absolute(r.args.serving_dir),
-                                   "model_name": r.settings.evaluation.model_name}),
-    )
+             parameters=lambda c: {"serving_dir": artifacts.absolute(c.args.serving_dir),
+                                   "model_name": c.settings.evaluation.model_name}),
+        Step("Report", REPORT, _report, _say_report, then=_nothing_new_after_evaluation,
+             inputs={"evaluation": "Evaluator", "model": "Trainer", "push": "Pusher",
+                     "data_page": "DataPage", "examples": "ExampleGen",
+                     "serving": "serving model"}),
+    ))
 
 
-class Output(typing.NamedTuple):
-    folder: str
-    result: typing.Any
-    artifact: int
-    fingerprint: str
-    cached: bool
+def checked(pipeline: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The steps, refused when one names an input that is neither an earlier step nor a
+    resolver, or that its body does not take: a misspelt name fails here, not mid-run."""
+    import inspect
+
+    earlier = set()
+    for step in pipeline:
+        unknown = [f"{arg}={source!r}" for arg, source in step.inputs.items()
+                   if source not in earlier and source not in RESOLVERS]
+        takes = inspect.signature(step.body).parameters
+        untaken = [arg for arg in step.inputs if arg not in takes]
+        if unknown or untaken or not set(step.unkeyed) <= set(step.inputs):
+            raise ValueError(
+                f"Step {step.name}: inputs {', '.join(unknown) or '-'} name no earlier step (of "
+                f"{', '.join(sorted(earlier)) or 'none'}) and no resolver (of "
+                f"{', '.join(RESOLVERS)}); its body takes no {', '.join(untaken) or '-'}; "
+                f"unkeyed {step.unkeyed} must be inputs.")
+        earlier.add(step.name)
+    return pipeline
 
 
 class Run:
-    """One run of the pipeline over a root: runs the steps as recorded, cached executions
-    (pipeline.metadata), and holds their outputs for the steps after them."""
+    """One run of the pipeline over a root: binds each step's inputs, runs it as a recorded,
+    cached execution (pipeline.metadata) and keeps its output for the steps after it."""
 
-    def __init__(self, args, beam_args, settings, root: str, store):
+    def __init__(self, context: Context, store):
         from pipeline import metadata
 
-        self.args, self.beam_args, self.settings, self.root = args, beam_args, settings, root
-        self.store, self.code = store, metadata.code_version()
+        self.context, self.store, self.code = context, store, metadata.code_version()
         self.outputs: dict[str, Output] = {}
+        self.resolved: dict[str, typing.Any] = {}
 
     def all(self) -> None:
         interrupted = self.store.abandon_interrupted()
         if interrupted:
             print(f"Metadata: execution(s) {', '.join(map(str, interrupted))} of an earlier run "
                   f"that was interrupted are now marked FAILED")
+        args = self.context.args
         for step in steps():
-            if step.when(self):
-                print(step.say(self, self.execute(step)))
-                ending = step.then(self)
+            if step.when(self.context):
+                inputs = self.bind(step)
+                output = self.execute(step, inputs)
+                print(step.say(self.context, output, **inputs))
+                ending = step.then(self.context, output, **inputs)
                 if ending:
                     print(ending)
                     break
-            if step.name == self.args.stop_after:
+            if step.name == args.stop_after:
                 break
-        config = (f" --metadata-config {self.args.metadata_config}"
-                  if self.args.metadata_config else "")
+        config = f" --metadata-config {args.metadata_config}" if args.metadata_config else ""
         print(f"Metadata: {self.store.where} (python -m pipeline.lineage "
-              f"--pipeline-root {self.root} --serving-dir {self.args.serving_dir}{config})")
+              f"--pipeline-root {self.context.root} --serving-dir {args.serving_dir}{config})")
 
-    def folder(self, step: str) -> str:
-        return self.outputs[step].folder
+    def bind(self, step: Step) -> dict[str, typing.Any]:
+        """Each input: an earlier step's Output (None if that step did not run), or what its
+        resolver found (an Output, a list of them, or None), resolved once per run."""
+        bound = {}
+        for arg, source in step.inputs.items():
+            if source in RESOLVERS:
+                if source not in self.resolved:
+                    self.resolved[source] = RESOLVERS[source](self)
+                bound[arg] = self.resolved[source]
+            else:
+                bound[arg] = self.outputs.get(source)
+        return bound
 
-    def result(self, step: str):
-        return self.outputs[step].result
-
-    def execute(self, step: Step) -> Output:
+    def execute(self, step: Step, inputs: dict[str, typing.Any]) -> Output:
         """Reuse a finished execution with the same fingerprint whose files are intact, or run
         one into a fresh folder (or, if resumable, the folder of an unfinished one), recorded
         COMPLETE with its output only if it succeeds, and only then marked complete on disk."""
         from pipeline import metadata
 
-        upstream = [self.outputs[name] for name in step.inputs if name in self.outputs]
-        inputs = [(o.artifact, o.fingerprint) for o in upstream] + step.recorded(self)
-        parameters = step.parameters(self)
-        print_ = metadata.fingerprint(step.name, parameters,
-                                      [p for _, p in inputs if p is not None], self.code)
+        def outputs(value) -> list[Output]:
+            return [] if value is None else value if isinstance(value, list) else [value]
+
+        upstream = [(arg, o) for arg, value in inputs.items() for o in outputs(value)]
+        keyed = [o.fingerprint for arg, o in upstream if arg not in step.unkeyed]
+        parameters = step.parameters(self.context)
+        print_ = metadata.fingerprint(step.name, parameters, keyed, self.code)
         for execution, folder, result, artifact in [] if step.effect else self.store.finished(
                 step.name, print_):
             if not self.store.intact(folder, artifact):
@@ -267,348 +330,388 @@ class Run:
         if folder:
             print(f"{step.name}: continuing the unfinished execution {folder}")
         else:
-            folder = artifacts.new_execution_dir(self.root, step.name)
-        execution = self.store.start(step.name, print_, parameters, [a for a, _ in inputs],
-                                     folder, self.code)
+            folder = artifacts.new_execution_dir(self.context.root, step.name)
+        execution = self.store.start(step.name, print_, parameters,
+                                     [(o.artifact, arg) for arg, o in upstream], folder,
+                                     self.code)
         try:
-            result = json.loads(json.dumps(step.body(self, folder), default=str))
+            result = json.loads(json.dumps(step.body(self.context, folder, **inputs),
+                                           default=str))
         except BaseException as e:
             try:
                 self.store.fail(execution, f"{type(e).__name__}: {e}")
-                for output in upstream:  # a failure may come from damaged inputs: retire them
+                for _, output in upstream:  # a failure may come from damaged inputs: retire them
                     [artifact] = self.store.store.get_artifacts_by_id([output.artifact])
-                    if not self.store.intact(output.folder, artifact):
+                    if artifacts.is_dir(output.uri) and not self.store.intact(output.uri,
+                                                                              artifact):
                         self.store.retire(artifact, "its files changed after it finished")
             except Exception:  # a full disk refuses this record too; the next run marks it FAILED
                 pass
             raise
         artifact = self.store.finish(
-            execution, step.name, step.effect(result) if step.effect else folder, result,
+            execution, step.produces, step.effect(result) if step.effect else folder, result,
             content=metadata.tree_fingerprint(folder))
         artifacts.mark_complete(folder)  # last: the folder counts once this is there
+        if step.effect:  # what it did, not only how it was asked, is what comes after it
+            print_ = metadata.fingerprint(print_, result)
         return self._keep(step, Output(folder, result, artifact, print_, False))
 
     def _keep(self, step: Step, output: Output) -> Output:
         self.outputs[step.name] = output
         return output
 
-    # What the steps share, worked out once when first needed.
 
-    @functools.cached_property
-    def data(self) -> str | list[str]:
-        args = self.args
-        return _newest_spans(args.data, args.spans) if args.data else _default_data(self.root)
+# Resolvers: inputs that are no step's output of this run, found through ML Metadata (scoped to
+# this root) or outside the root. Each gets the Run and is asked once per run.
 
-    @functools.cached_property
-    def data_files(self) -> dict[str, str]:
-        from pipeline import metadata
+def _data_files(run: Run) -> list[Output]:
+    """The input files, one artifact per path and content: the data ExampleGen reads."""
+    from pipeline import metadata
 
-        return metadata.file_fingerprints(self.data)
+    args = run.context.args
+    data = _newest_spans(args.data, args.spans) if args.data else _default_data(run.context.root)
+    prints = metadata.file_fingerprints(data)
+    if not prints:
+        from pipeline import fer_csv
 
-    @functools.cached_property
-    def curated_schema_text(self) -> str | None:
-        path = self.settings.schema
-        return artifacts.read_text(path) if path else None
+        fer_csv.input_files(data)  # nothing matches: it says so, in its own words
+        raise UserError(f"The input {data} changed while it was being listed (its files were "
+                        f"removed). Let whatever writes the data finish and run again.")
+    return [Output(path, data, artifact, sha) for (path, sha), artifact in
+            zip(prints.items(), run.store.input_files(prints))]
 
-    @functools.cached_property
-    def previous_statistics(self) -> str | None:
-        split = self.settings.validation["drift_split"]
-        return self.store.previous_statistics(split, self.result("StatisticsGen")[split])
 
-    @functools.cached_property
-    def evaluation_examples(self) -> list[tuple[str, int, str]]:
-        """(folder, artifact, fingerprint) of the examples the Evaluator judges on, this run's
-        first: a span of a few hundred faces is too few to judge a model on, so the evaluation
-        split of earlier validated runs on other data is added, newest first, until the gates'
-        min_examples (at most max_earlier_runs of them)."""
-        gates, split = self.settings.evaluation, self.settings.evaluation.split
-        own = self.outputs["ExampleGen"]
-        chosen = [(own.folder, own.artifact, own.fingerprint)]
-        count = own.result["written"].get(split, 0)
-        used = set(self.store.input_files(self.data_files))
-        for folder, result, artifact, print_, files in self.store.validated_examples():
-            if count >= gates.min_examples or len(chosen) > gates.max_earlier_runs:
-                break
-            if artifact == own.artifact or files & used:
-                continue
-            chosen.append((folder, artifact, print_))
-            used |= files
-            count += result["written"].get(split, 0)
-        return chosen
+def _previous_statistics(run: Run) -> Output | None:
+    """The drift split's statistics that the newest earlier validation of this root passed."""
+    split = run.context.settings.validation["drift_split"]
+    found = run.store.previous_statistics(split, run.outputs["StatisticsGen"].artifact)
+    if found is None:
+        return None
+    path, artifact = found
+    return Output(path, None, artifact.id, artifact.custom_properties["fingerprint"].string_value)
 
-    @property
-    def trainer_config(self):
-        """The trainer settings, with the Tuner's best values when it ran."""
-        if "Tuner" not in self.outputs:
-            return self.settings.trainer
-        return self.settings.trainer.tuned(self.result("Tuner")["best_hyperparameters"])
 
-    @functools.cached_property
-    def baseline(self) -> str | None:
-        from pipeline import serving
+def _serving_model(run: Run) -> Output | None:
+    """The model serving now (TF Serving's rule: the newest complete version), recorded as this
+    root's push of it or as a model found there; its fingerprint is its path and content."""
+    from pipeline import metadata, serving
 
-        return serving.latest(self.args.serving_dir, self.settings.evaluation.model_name)
+    context = run.context
+    path = serving.latest(context.args.serving_dir, context.settings.evaluation.model_name)
+    if path is None:
+        return None
+    content = metadata.tree_fingerprint(path)
+    return Output(str(path), {"content": content, "pushed_here": run.store.pushed(path) is not None},
+                  run.store.model(path, content), metadata.fingerprint(str(path), content))
 
-    @functools.cached_property
-    def baseline_content(self) -> str | None:
-        from pipeline import metadata
 
-        return metadata.tree_fingerprint(self.baseline)
+def _earlier_examples(run: Run) -> list[Output]:
+    """The evaluation split of earlier validated runs on other data, newest first, until this
+    run's and theirs reach the gates' min_examples (at most max_earlier_runs of them): a span of
+    a few hundred faces is too few to judge a model on."""
+    gates, split = run.context.settings.evaluation, run.context.settings.evaluation.split
+    own, files = run.outputs["ExampleGen"], run.resolved["data files"]
+    chosen, count = [], own.result["written"].get(split, 0)
+    used = {o.artifact for o in files}
+    for folder, result, artifact, print_, inputs in run.store.validated_examples():
+        if count >= gates.min_examples or len(chosen) >= gates.max_earlier_runs:
+            break
+        if artifact == own.artifact or inputs & used:
+            continue
+        chosen.append(Output(folder, result, artifact, print_, True))
+        used |= inputs
+        count += result["written"].get(split, 0)
+    return chosen
 
-    @functools.cached_property
-    def base_model(self) -> str | None:
-        """The serving model the Trainer starts from, unless --from-scratch or it cannot be
-        read (then the Evaluator, comparing with it, says more if it cannot be served either)."""
-        from components import trainer
 
-        if self.args.from_scratch or not self.baseline:
-            return None
-        problem = trainer.base_model_problem(self.baseline, self.settings.ingest)
-        if problem:
-            print(f"Trainer: cannot start from the serving model {self.baseline} ({problem}); "
-                  f"training from scratch")
-            return None
-        return self.baseline
+RESOLVERS = {"data files": _data_files, "previous statistics": _previous_statistics,
+             "serving model": _serving_model, "earlier examples": _earlier_examples}
 
 
 # The steps' bodies (each calls its component) and what each prints.
 
-def _ingest(run: Run, out: str) -> dict:
+def _ingest(context: Context, out: str, data: list[Output]) -> dict:
     """ExampleGen, checked to have read the input that was fingerprinted: one that changed
     meanwhile is refused, even where the change broke the reading itself."""
     from components import example_gen
     from pipeline import metadata
 
+    given = data[0].result
     try:
-        counts = example_gen.run(run.data, out, run.settings.ingest, run.beam_args)
+        counts = example_gen.run(given, out, context.settings.ingest, context.beam_args)
     finally:
-        if metadata.file_fingerprints(run.data) != run.data_files:
+        if metadata.file_fingerprints(given) != {o.uri: o.fingerprint for o in data}:
             raise UserError(
-                f"The input {run.data} changed while it was being read (a file was written to, "
+                f"The input {given} changed while it was being read (a file was written to, "
                 f"replaced, added or removed), so these examples would match no one version of "
                 f"it. Let whatever writes the data finish (write to a temporary name, then "
                 f"rename it into place) and run again.") from None
     return counts
 
 
-def _data_files(run: Run) -> list:
-    """The input files, by content: ExampleGen's inputs, in its fingerprint."""
-    return list(zip(run.store.input_files(run.data_files), run.data_files.values()))
+def _say_examples(context: Context, output: Output, **_) -> str:
+    counts = output.result
+    written = counts["written"]
+    parts = " | ".join(f"{s} {n:,}" for s, n in written.items())
+    total = sum(written.values())
+    lines = [
+        f"ExampleGen: {counts['rows_read']:,} rows read from {len(counts['files'])} file(s): "
+        f"{parts} | quarantined {counts['quarantined']:,} | blank {counts['blank_lines']:,}",
+        f"  reconciled: {counts['rows_read']:,} = {total:,} written + "
+        f"{counts['quarantined']:,} quarantined + {counts['blank_lines']:,} blank",
+    ]
+    lines += [f"  quarantined {n:,} x {r}" for r, n in counts["quarantine_reasons"].items()]
+    return "\n".join(lines)
 
 
-def _statistics(run: Run, out: str) -> dict:
+def _curated_text(context: Context) -> str | None:
+    path = context.settings.schema
+    return artifacts.read_text(path) if path else None
+
+
+def _statistics(context: Context, out: str, examples: Output) -> dict:
     from components import schema_gen, statistics_gen
 
+    settings = context.settings
     return statistics_gen.run(
-        run.folder("ExampleGen"), out, run.settings.ingest.splits,
-        run.settings.validation["exposure"],
-        schema_gen.load_curated(run.settings.schema) if run.settings.schema else None,
-        run.beam_args)
+        examples.uri, out, settings.ingest.splits, settings.validation["exposure"],
+        schema_gen.load_curated(settings.schema) if settings.schema else None,
+        context.beam_args)
 
 
-def _say_statistics(run: Run, output: Output) -> str:
+def _say_statistics(context: Context, output: Output, **_) -> str:
     return (f"StatisticsGen: statistics of {', '.join(output.result)} (TFDV's view, which needs "
-            f"the web: {artifacts.split_dir(output.folder, 'train')}/statistics.html)")
+            f"the web: {STATISTICS.path(output.uri, 'view', 'train')})")
 
 
-def _schema(run: Run, out: str):
+def _schema(context: Context, out: str, statistics: Output):
     from components import schema_gen
 
-    return schema_gen.run(run.result("StatisticsGen")["train"], out, run.settings.schema,
-                          run.settings.ingest.classes)
+    return schema_gen.run(statistics.result["train"], out, context.settings.schema,
+                          context.settings.ingest.classes)
 
 
-def _say_schema(run: Run, output: Output) -> str:
-    schema_path, is_curated = output.result
-    source = (f"the curated {run.settings.schema}" if is_curated
+def _say_schema(context: Context, output: Output, **_) -> str:
+    source = (f"the curated {context.settings.schema}" if output.result[1]
               else "the schema TFDV inferred (no curated schema.pbtxt yet)")
     return (f"SchemaGen: validating against {source}; inferred for review: "
-            f"{artifacts.join(os.path.dirname(schema_path), 'inferred_schema.pbtxt')}")
+            f"{SCHEMA.path(output.uri, 'inferred')}")
 
 
-def _validate(run: Run, out: str) -> list:
-    """ExampleValidator, and the data page beside its findings (also when it stops the run:
-    then the page shows why)."""
+def _validate(context: Context, out: str, statistics: Output, schema: Output,
+              previous: Output | None) -> list:
+    """The findings, kept also when one stops the run: the data page after it shows them, and
+    then the run stops (_stop_on_anomalies)."""
     from components import example_validator
 
-    try:
-        findings = example_validator.run(run.result("StatisticsGen"), run.result("SchemaGen")[0],
-                                         out, run.settings.validation, run.previous_statistics)
-    except example_validator.DataValidationError as e:
-        raise example_validator.DataValidationError(
-            f"{e} The data page shows them: {_data_page(run, out)}") from None
-    _data_page(run, out)
-    return findings
+    return example_validator.run(statistics.result, schema.result[0], out,
+                                 context.settings.validation, previous and previous.uri,
+                                 stop=False)
 
 
-def _data_page(run: Run, out: str) -> str:
+def _say_validation(context: Context, output: Output, previous: Output | None, **_) -> str:
+    findings = output.result
+    lines = [f"  {_FINDING[f['action']]} [{f['check']}] {f['split']}, feature '{f['feature']}': "
+             f"{f['what']}" for f in findings]
+    count = {action: sum(f["action"] == action for f in findings) for action in _FINDING}
+    verdict = (f"{count['stop']} anomal{'y stops' if count['stop'] == 1 else 'ies stop'} the run"
+               if count["stop"] else "data passed")
+    return "\n".join([*lines, (
+        f"ExampleValidator: {verdict} ({count['warn']} warning(s), {count['noise']} "
+        f"difference(s) within sampling noise; drift checked against "
+        f"{previous.uri if previous else 'nothing: no earlier validated run'})")])
+
+
+_FINDING = {"stop": "STOP", "warn": "warning", "noise": "sampling noise"}
+
+
+def _data_page(context: Context, out: str, statistics: Output, examples: Output,
+               anomalies: Output) -> str:
     from pipeline import data_page
 
-    report = artifacts.join(out, "anomalies.json")
-    findings = json.loads(artifacts.read_text(report))["findings"] if artifacts.exists(
-        report) else None
-    statistics = run.result("StatisticsGen")
+    ingest = context.settings.ingest
     return data_page.write(
-        artifacts.join(out, "data.html"), statistics, run.folder("ExampleGen"),
-        run.settings.ingest.classes, run.settings.ingest.image_size, findings,
-        {split: artifacts.join(os.path.dirname(path), "statistics.html")
-         for split, path in statistics.items()})
+        DATA_PAGE.path(out, "page"), statistics.result, examples.uri, ingest.classes,
+        ingest.image_size, anomalies.result,
+        {split: STATISTICS.path(statistics.uri, "view", split) for split in statistics.result})
 
 
-def _say_validation(run: Run, output: Output) -> str:
-    lines = [f"  {'warning' if f['action'] == 'warn' else 'sampling noise'} [{f['check']}] "
-             f"{f['split']}, feature '{f['feature']}': {f['what']}" for f in output.result]
-    noise = sum(f["action"] == "noise" for f in output.result)
-    return "\n".join([*lines, (
-        f"ExampleValidator: data passed ({len(output.result) - noise} warning(s), {noise} "
-        f"difference(s) within sampling noise; drift checked against "
-        f"{run.previous_statistics or 'nothing: no earlier validated run'})"),
-        f"  data page (class counts, image features, sample faces, findings): "
-        f"{artifacts.join(output.folder, 'data.html')}"])
+def _say_data_page(context: Context, output: Output, **_) -> str:
+    return f"  data page (class counts, image features, sample faces, findings): {output.result}"
 
 
-def _tune(run: Run, out: str) -> dict:
+def _stop_here(context: Context, output: Output, **_) -> None:
+    """Asked to stop after the ExampleValidator, a run still fails on what it found."""
+    if context.args.stop_after == "ExampleValidator":
+        _stop_on_anomalies(context, None, output)
+
+
+def _stop_on_anomalies(context: Context, output: Output | None, anomalies: Output, **_) -> None:
+    from components import example_validator
+
+    error = example_validator.stop_error(
+        anomalies.result, ANOMALIES.path(anomalies.uri, "anomalies"), context.settings.schema)
+    if error:
+        raise example_validator.DataValidationError(
+            f"{error}" + (f" The data page shows them: {output.result}" if output else ""))
+
+
+def _tune(context: Context, out: str, examples: Output) -> dict:
     from components import tuner
 
-    return tuner.run(run.folder("ExampleGen"), out, run.settings.trainer, run.settings.ingest,
-                     run.settings.tuner, run.settings.tune)
+    settings = context.settings
+    return tuner.run(examples.uri, out, settings.trainer, settings.ingest, settings.tuner,
+                     settings.tune)
 
 
-def _say_tuner(run: Run, output: Output) -> str:
+def _say_tuner(context: Context, output: Output, **_) -> str:
     search = output.result
     return (f"Tuner: {len(search['trials'])} trial(s); best eval accuracy "
             f"{search['best_value']:.3f} with {search['best_hyperparameters']}")
 
 
-def _trainer_lineage(run: Run) -> list:
-    """What the Trainer depends on beyond its examples, recorded as its inputs for the lineage but
-    outside its fingerprint: the validation that let the data through (so the lineage shows
-    StatisticsGen, SchemaGen and ExampleValidator too), and the model it starts from. A model
-    trained on the same examples with the same settings and code is reused whatever it started
-    from, so an identical second run stays "nothing new"."""
-    validated = [(run.outputs["ExampleValidator"].artifact, None)]
-    model = run.base_model  # the serving model, whose content is hashed once (baseline_content)
-    return validated + ([(run.store.model(model, run.baseline_content), None)] if model else [])
+def _trainer_config(context: Context, hyperparameters: Output | None):
+    """The trainer settings, with the Tuner's best values when it ran."""
+    if hyperparameters is None:
+        return context.settings.trainer
+    return context.settings.trainer.tuned(hyperparameters.result["best_hyperparameters"])
 
 
-def _train(run: Run, out: str) -> dict:
+def _train(context: Context, out: str, examples: Output, hyperparameters: Output | None,
+           validation: Output, serving: Output | None) -> dict:
+    """The Trainer, from the serving model's weights unless --from-scratch or they cannot be
+    read. The validation and the serving model are in its lineage but not its fingerprint: a
+    model trained on the same examples with the same settings and code is reused whatever it
+    started from, so an identical second run stays "nothing new"."""
     from components import trainer
 
-    if run.args.distribution == "multi_worker":
-        print(f"Trainer: each other worker runs {_worker_command(run)}", flush=True)
-    return trainer.run(run.folder("ExampleGen"), out, run.trainer_config, run.settings.ingest,
-                       run.args.distribution, base_model=run.base_model)
+    base_model = None
+    if serving and not context.args.from_scratch:
+        problem = trainer.base_model_problem(serving.uri, context.settings.ingest)
+        if problem:
+            print(f"Trainer: cannot start from the serving model {serving.uri} ({problem}); "
+                  f"training from scratch")
+        else:
+            base_model = serving.uri
+    if context.args.distribution == "multi_worker":
+        print(f"Trainer: each other worker runs "
+              f"{_worker_command(context, examples, hyperparameters, base_model)}", flush=True)
+    return trainer.run(examples.uri, out, _trainer_config(context, hyperparameters),
+                       context.settings.ingest, context.args.distribution, base_model=base_model)
 
 
-def _worker_command(run: Run) -> str:
+def _worker_command(context: Context, examples: Output, hyperparameters: Output | None,
+                    base_model: str | None) -> str:
     """The command that makes a machine of the cluster (TF_CONFIG) train beside this chief, with
     exactly its settings: the same configuration flags, base model and tuned values; quoted for
     a shell (a glob given as --data reaches the worker as the chief got it)."""
     import shlex
 
-    args = run.args
-    command = ["python", "-m", "components.trainer", "--examples", run.folder("ExampleGen"),
+    command = ["python", "-m", "components.trainer", "--examples", examples.uri,
                "--distribution", "multi_worker"]
-    if run.base_model:
-        command += ["--base-model", run.base_model]
-    if "Tuner" in run.outputs:
-        command += ["--hyperparameters",
-                    artifacts.join(run.folder("Tuner"), "best_hyperparameters.json")]
+    if base_model:
+        command += ["--base-model", base_model]
+    if hyperparameters:
+        command += ["--hyperparameters", HYPERPARAMETERS.path(hyperparameters.uri, "best")]
     for flag in ("data", "ingest_config", "max_bad_rows", "trainer_config", "epochs",
                  "batch_size"):
-        value = getattr(args, flag)
+        value = getattr(context.args, flag)
         if value is not None:
             command += [f"--{flag.replace('_', '-')}", str(value)]
     return shlex.join(command)
 
 
-def _say_trainer(run: Run, output: Output) -> str:
+def _say_trainer(context: Context, output: Output, **_) -> str:
     summary, best = output.result, output.result["best_eval"]
     return (f"Trainer: {summary['epochs_run']} epoch(s); best eval accuracy "
             f"{best['val_accuracy']:.3f} at epoch {summary['best_epoch']}; SavedModel "
-            f"{summary['serving_model']}; TensorBoard: tensorboard --logdir {output.folder}/logs")
+            f"{summary['serving_model']}; TensorBoard: tensorboard --logdir "
+            f"{MODEL.path(output.uri, 'logs')}")
 
 
-def _nothing_new(run: Run) -> str | None:
+def _nothing_new(context: Context, output: Output, serving: Output | None, **_) -> str | None:
+    """An identical run whose model this root already pushed: nothing to evaluate or push."""
     from pipeline import metadata
 
-    trained = run.outputs["Trainer"]
-    if trained.cached and run.baseline and run.store.pushed(str(run.baseline)) and (
-            metadata.tree_fingerprint(trained.result["serving_model"])
-            == run.baseline_content):
+    if output.cached and serving and serving.result["pushed_here"] and (
+            metadata.tree_fingerprint(output.result["serving_model"])
+            == serving.result["content"]):
         return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
-                f"model already serves as {run.baseline}.")
+                f"model already serves as {serving.uri}.")
     return None
 
 
-def _evaluate(run: Run, out: str) -> dict:
+def _evaluate(context: Context, out: str, model: Output, examples: Output,
+              earlier: list[Output], baseline: Output | None) -> dict:
     from components import evaluator
 
-    return evaluator.run(run.result("Trainer")["serving_model"],
-                         [folder for folder, _, _ in run.evaluation_examples], out,
-                         run.settings.evaluation, run.settings.ingest.classes,
-                         run.baseline, run.beam_args)
+    return evaluator.run(model.result["serving_model"], [examples.uri, *(o.uri for o in earlier)],
+                         out, context.settings.evaluation, context.settings.ingest.classes,
+                         baseline and baseline.uri, context.beam_args)
 
 
-def _say_evaluation(run: Run, output: Output) -> str:
+def _say_evaluation(context: Context, output: Output, baseline: Output | None, **_) -> str:
     evaluation = output.result
     values = evaluation["metrics"]["candidate"]
     earlier = len(evaluation["examples_from"]) - 1
     macro = values["macro_accuracy"]
     return "\n".join([
         f"Evaluator: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'} on "
-        f"{evaluation['examples']:,} {run.settings.evaluation.split} examples"
+        f"{evaluation['examples']:,} {context.settings.evaluation.split} examples"
         + (f" (this run's and those of {earlier} earlier validated run(s))" if earlier else "")
         + f": accuracy {values['accuracy']:.3f}, macro "
         f"{'n/a' if macro is None else f'{macro:.3f}'}; compared with "
-        f"{run.baseline or 'no serving model'}",
+        f"{baseline.uri if baseline else 'no serving model'}",
         *(f"  - {reason}" for reason in evaluation["reasons"]),
         *(f"  - class {name} not judged: only {n} {evaluation['split']} example(s) (fewer than "
           f"{evaluation['gates']['min_class_examples']}); it neither blesses nor blocks"
           for name, n in evaluation["not_judged"].items())])
 
 
-def _nothing_new_after_evaluation(run: Run) -> str | None:
-    """A model already judged NOT BLESSED against this same serving model: nothing to push, and
-    nothing to rewrite."""
-    trained, judged = run.outputs["Trainer"], run.outputs["Evaluator"]
-    if trained.cached and judged.cached and not judged.result["blessed"]:
-        return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
-                f"model was NOT BLESSED for the reasons above, so nothing was pushed; still "
-                f"serving {run.baseline or 'nothing yet'}. Its report: "
-                f"{_report_path(run)}")
-    return None
-
-
-def _push(run: Run, out: str) -> dict:
+def _push(context: Context, out: str, model: Output, evaluation: Output,
+          serving: Output | None) -> dict:
     from components import pusher
 
-    return pusher.run(run.result("Trainer")["serving_model"], run.args.serving_dir,
-                      run.settings.evaluation.model_name, run.result("Evaluator"), out)
+    return pusher.run(model.result["serving_model"], context.args.serving_dir,
+                      context.settings.evaluation.model_name, evaluation.result, out)
 
 
-def _say_push(run: Run, output: Output) -> str:
-    """The push, and the run report (written now: it shows the push)."""
+def _say_push(context: Context, output: Output, model: Output, serving: Output | None,
+              **_) -> str:
+    pushed = output.result
+    if pushed["pushed"]:
+        return f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
+    return (f"Pusher: not pushed (not blessed); still serving "
+            f"{serving.uri if serving else 'nothing yet'}; the model stays in "
+            f"{model.result['serving_model']} (its lineage: python -m pipeline.lineage "
+            f"--pipeline-root {context.root} --execution {model.uri})")
+
+
+def _report(context: Context, out: str, evaluation: Output, model: Output, push: Output,
+            data_page: Output, examples: Output, serving: Output | None) -> str:
+    """The run report: what was decided, on what evidence, and where the model went."""
     from pipeline import report
 
-    pushed, trained = output.result, run.outputs["Trainer"]
-    page = report.write(
-        _report_path(run),
-        run.result("Evaluator"), artifacts.join(trained.folder, "history.csv"),
-        artifacts.join(run.folder("ExampleValidator"), "data.html"), pushed, trained.result,
-        examples_dir=run.folder("ExampleGen"))
-    if pushed["pushed"]:
-        line = f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
-    else:
-        line = (f"Pusher: not pushed (not blessed); still serving "
-                f"{run.baseline or 'nothing yet'}; the model stays in "
-                f"{trained.result['serving_model']} (its lineage: python -m pipeline.lineage "
-                f"--pipeline-root {run.root} --execution {trained.folder})")
-    return f"{line}\nReport: {page}"
+    return report.write(REPORT.path(out, "page"), evaluation.result,
+                        MODEL.path(model.uri, "history"), data_page.result, push.result,
+                        model.result, examples_dir=examples.uri)
 
 
-def _report_path(run: Run) -> str:
-    return artifacts.join(run.root, "reports", f"{os.path.basename(run.folder('Evaluator'))}.html")
+def _say_report(context: Context, output: Output, **_) -> str:
+    return f"Report: {output.result}"
+
+
+def _nothing_new_after_evaluation(context: Context, output: Output, model: Output,
+                                  evaluation: Output, serving: Output | None,
+                                  **_) -> str | None:
+    """A model already judged NOT BLESSED against this same serving model: nothing was pushed,
+    and the report is the earlier run's."""
+    if model.cached and evaluation.cached and not evaluation.result["blessed"]:
+        return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
+                f"model was NOT BLESSED for the reasons above, so nothing was pushed; still "
+                f"serving {serving.uri if serving else 'nothing yet'}. Its report: "
+                f"{output.result}")
+    return None
 
 
 def _newest_spans(data: str, window: int) -> str | list[str]:
@@ -641,21 +744,6 @@ def _default_data(root: str) -> str:
               f"into {path}")
         default_data.write_csv(path, spec["rows"], spec["seed"])
     return path
-
-
-def _summary(run: Run, output: Output) -> str:
-    counts = output.result
-    written = counts["written"]
-    parts = " | ".join(f"{s} {n:,}" for s, n in written.items())
-    total = sum(written.values())
-    lines = [
-        f"ExampleGen: {counts['rows_read']:,} rows read from {len(counts['files'])} file(s): "
-        f"{parts} | quarantined {counts['quarantined']:,} | blank {counts['blank_lines']:,}",
-        f"  reconciled: {counts['rows_read']:,} = {total:,} written + "
-        f"{counts['quarantined']:,} quarantined + {counts['blank_lines']:,} blank",
-    ]
-    lines += [f"  quarantined {n:,} x {r}" for r, n in counts["quarantine_reasons"].items()]
-    return "\n".join(lines)
 
 
 COMPONENTS = tuple(step.name for step in steps())

@@ -101,21 +101,21 @@ def test_the_command_printed_for_other_workers_survives_a_shell(tmp_path):
     a quoted glob stays a glob (here it would match a file), a space stays inside its word."""
     import subprocess
     import sys
-    import types
 
     (tmp_path / "drops dir").mkdir()
     (tmp_path / "drops dir" / "a.csv.gz").write_bytes(b"")
     flags = ["--data", "drops dir/*.csv.gz", "--epochs", "2", "--batch-size", "16"]
-    chief = types.SimpleNamespace(args=run.parse_args(flags)[0], base_model="/s/fer/1",
-                                  outputs={}, folder=lambda step: "/root/ExampleGen/1")
-    line = run._worker_command(chief)
+    chief = run.parse_args(flags)[0]
+    context = run.Context(resolve(chief), chief, (), "/root")
+    examples = run.Output("/root/ExampleGen/1", {}, 1, "f")
+    line = run._worker_command(context, examples, None, "/s/fer/1")
     assert line.startswith("python -m components.trainer ")
     echo = f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
     shown = subprocess.run(["bash", "-c", line.replace("python -m components.trainer", echo)],
                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     argv = json.loads(shown.stdout)
     assert argv[argv.index("--data") + 1] == "drops dir/*.csv.gz"
-    assert resolve(trainer.parse_args(argv)) == resolve(chief.args)
+    assert resolve(trainer.parse_args(argv)) == resolve(chief)
 
 
 def test_importing_the_package_changes_no_environment_and_no_logger():

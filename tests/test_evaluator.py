@@ -358,7 +358,7 @@ def test_the_command_line_pushes_a_blessed_model_and_keeps_it_when_gates_rise(tm
     assert f"still serving {version_1}" in second.stdout
     assert serving.versions(tmp_path / "serving" / "fer") == [1]
     assert (version_1 / "saved_model.pb").stat().st_mtime_ns == stamp
-    reports = sorted((tmp_path / "root" / "reports").glob("*.html"))
+    reports = sorted((tmp_path / "root" / "Report").glob("*/report.html"))
     assert len(reports) == 2 and "NOT BLESSED" in reports[-1].read_text()
     # The pushed model serves a face read from the CSV through predict.
     answer = subprocess.run([sys.executable, "-m", "pipeline.predict", "--model",

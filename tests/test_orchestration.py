@@ -49,28 +49,33 @@ def test_an_identical_second_run_reuses_everything_and_trains_nothing(setup, fir
     base, data, gates = setup
     assert "now serving version 1" in first
     again = run(*command(base, data, gates, "root", "--epochs", "1"))
-    for component in ("StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer"):
+    for component in ("StatisticsGen", "SchemaGen", "ExampleValidator", "DataPage", "Trainer"):
         assert f"{component}: reusing {base / 'root' / component / '1'}" in again
     assert "Nothing new" in again and "already serves as" in again
     assert not (base / "root" / "Trainer" / "2").exists()
     assert serving.versions(base / "serving" / "fer") == [1]
 
 
-def test_one_changed_hyperparameter_reruns_only_the_trainer_and_what_follows(setup, first):
+def test_one_changed_hyperparameter_reruns_only_the_trainer_and_what_follows(setup):
+    """On a root of its own (it pushes a second version, which the other tests must not see)."""
     base, data, gates = setup
-    changed = run(*command(base, data, gates, "root", "--epochs", "2"))
-    for component in ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator"):
+    root, serving_dir = "changed", "changed-serving"
+    run(*command(base, data, gates, root, "--epochs", "1", serving=serving_dir))
+    changed = run(*command(base, data, gates, root, "--epochs", "2", serving=serving_dir))
+    for component in ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+                      "DataPage"):
         assert f"{component}: reusing" in changed
     assert "Trainer: reusing" not in changed and "Trainer: 2 epoch(s)" in changed
-    assert (base / "root" / "Trainer" / "2" / "_COMPLETE").exists()
-    assert (base / "root" / "Evaluator" / "2" / "_COMPLETE").exists()
+    assert (base / root / "Trainer" / "2" / "_COMPLETE").exists()
+    assert (base / root / "Evaluator" / "2" / "_COMPLETE").exists()
     # A model serves, so the retrain starts from it, and the lineage of the new version says so.
-    serving_v1 = base / "serving" / "fer" / "1"
+    serving_v1 = base / serving_dir / "fer" / "1"
     assert f"Trainer: starting from the weights of {serving_v1}" in changed
     assert "now serving version 2" in changed
-    out = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root", str(base / "root"),
-              "--serving-dir", str(base / "serving"), "--version", "2")
+    out = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root", str(base / root),
+              "--serving-dir", str(base / serving_dir), "--version", "2")
     assert f"base model {serving_v1}" in out and "warm_start = true" in out
+    assert "and went into: Report (execution" in out
 
 
 def test_lineage_names_the_data_and_parameters_of_a_served_version(setup, first):
@@ -81,9 +86,10 @@ def test_lineage_names_the_data_and_parameters_of_a_served_version(setup, first)
     assert out.startswith(f"{base / 'serving' / 'fer' / '1'} came from:")
     assert f"input file {data} sha256 {sha}" in out
     for component in ("Pusher", "Evaluator", "Trainer", "ExampleValidator", "SchemaGen",
-                      "StatisticsGen", "ExampleGen"):
+                      "StatisticsGen", "ExampleGen"):  # and what the pushed model went into:
         assert f"{component} (execution" in out
     assert "config.epochs = 1" in out and "config.batch_size = 32" in out and "COMPLETE" in out
+    assert "and went into: Report (execution" in out
 
 
 def test_a_second_run_on_a_busy_root_exits_with_a_clear_message(setup, first):
@@ -133,8 +139,13 @@ def test_tuner_runs_before_the_trainer_and_from_scratch_ignores_the_serving_mode
               if e.type == mlmd.Event.INPUT]
     kinds = {store.get_artifact_types_by_id([a.type_id])[0].name
              for a in store.get_artifacts_by_id(inputs)}
-    # Its examples, the Tuner's values and the validation they passed; no serving model.
-    assert kinds == {"Examples", "HyperParameters", "ExampleAnomalies"}
+    # Its examples, the Tuner's values, the validation they passed, and the model serving then,
+    # which lineage names as such, not as a base model (--from-scratch).
+    assert kinds == {"Examples", "HyperParameters", "ExampleAnomalies", "ServingModel"}
+    traced = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root",
+                 str(base / "tuned"), "--execution", str(base / "tuned" / "Trainer" / "1"))
+    assert f"serving model then {base / 'serving' / 'fer' / '1'}" in traced
+    assert "base model" not in traced
     again = run(*args)  # cached like every other step
     assert "Tuner: reusing" in again and "Trainer: reusing" in again
 
@@ -148,14 +159,15 @@ def test_a_not_blessed_rerun_says_nothing_new_rewrites_nothing_and_is_traceable(
                                       "floors": {"accuracy": 1.0}, "min_examples": 0}))
     first = run(*command(tmp_path, data, impossible, "root", "--epochs", "1"))
     assert "Evaluator: NOT BLESSED" in first and "not pushed (not blessed)" in first
-    [report] = (tmp_path / "root" / "reports").glob("*.html")
+    [report] = (tmp_path / "root" / "Report").glob("*/report.html")
     stamp = report.stat().st_mtime_ns
     again = run(*command(tmp_path, data, impossible, "root", "--epochs", "1"))
     assert "Evaluator: reusing" in again and "Nothing new" in again
     assert "was NOT BLESSED for the reasons above, so nothing was pushed" in again
     assert "overall accuracy is" in again  # the reasons, said again
-    assert "Pusher" not in again and report.stat().st_mtime_ns == stamp
-    assert list((tmp_path / "root" / "reports").glob("*.html")) == [report]
+    assert f"Report: reusing {report.parent}" in again and f"Its report: {report}" in again
+    assert report.stat().st_mtime_ns == stamp and not (tmp_path / "serving").exists()
+    assert list((tmp_path / "root" / "Report").glob("*/report.html")) == [report]
     trainer = tmp_path / "root" / "Trainer" / "1"
     assert f"--execution {trainer}" in first
     traced = run(sys.executable, "-m", "pipeline.lineage", "--pipeline-root",

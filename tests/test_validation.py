@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
 from components import example_validator, schema_gen, statistics_gen
+from pipeline import metadata
 from pipeline.config import SCHEMAS_DIR, load_json
 from tests.helpers import write_csv
 
@@ -253,11 +254,14 @@ def test_planted_anomaly_stops_the_cli_before_training(tmp_path, capsys, monkeyp
     message = " ".join(result.stderr.split())
     assert message.startswith("error: ExampleValidator stopped the run before training")
     assert "feature 'exposure'" in message
-    page = tmp_path / "root" / "ExampleValidator" / "1" / "data.html"
+    page = tmp_path / "root" / "DataPage" / "1" / "data.html"
     assert message.endswith(f"The data page shows them: {page}")  # what stopped it, to look at
     assert "exposure" in page.read_text() and 'class="stop"' in page.read_text()
-    assert not list((tmp_path / "root" / "ExampleValidator").glob("*/_COMPLETE"))
     assert not (tmp_path / "root" / "Trainer").exists()
+    # The findings are kept (as TFX's ExampleValidator keeps its anomalies), never as data that
+    # passed: the same data again stops the same way, from the recorded validation.
+    store = metadata.Store(str(tmp_path / "root"))
+    assert not list(store._validated_statistics())
 
 
 def test_the_data_page_shows_counts_features_faces_and_findings_offline(tmp_path):

@@ -1,0 +1,42 @@
+"""The kinds of artifact the steps pass to one another, each stated once: its ML Metadata type and
+the files it holds (in the manner of TFX's standard_artifacts, or a Kedro catalog). A step
+declares the kind it produces; a component writes its files, and anyone reads them, through
+`path`, so a file's name is typed in exactly one place.
+
+    kind.path(folder, "history")               <folder>/history.csv
+    kind.path(folder, "statistics", "train")   <folder>/Split-train/FeatureStats.pb
+"""
+import typing
+
+from pipeline import artifacts
+
+
+class ArtifactType(typing.NamedTuple):
+    name: str                        # its ML Metadata artifact type
+    files: dict[str, str] = {}       # role -> file (or folder) name inside the artifact
+
+    def path(self, folder: str, role: str, split: str | None = None) -> str:
+        """Where the artifact in `folder` keeps `role` (per split: in its Split-<split>/)."""
+        where = artifacts.split_dir(folder, split) if split is not None else folder
+        return artifacts.join(where, self.files[role])
+
+
+EXAMPLES = ArtifactType("Examples", {"counts": "counts.json", "quarantine": "quarantine"})
+STATISTICS = ArtifactType("ExampleStatistics", {  # per split
+    "statistics": "FeatureStats.pb", "view": "statistics.html"})
+SCHEMA = ArtifactType("Schema", {"schema": "schema.pbtxt", "inferred": "inferred_schema.pbtxt"})
+ANOMALIES = ArtifactType("ExampleAnomalies", {"anomalies": "anomalies.json",
+                                              "schema_diff": "SchemaDiff.pbtxt"})  # per split
+DATA_PAGE = ArtifactType("DataPage", {"page": "data.html"})
+HYPERPARAMETERS = ArtifactType("HyperParameters", {"best": "best_hyperparameters.json",
+                                                   "trials": "trials.json"})
+MODEL = ArtifactType("Model", {
+    "serving_model": "serving_model", "keras": "model.keras", "history": "history.csv",
+    "summary": "training.json", "logs": "logs", "checkpoints": "checkpoints"})
+EVALUATION = ArtifactType("ModelEvaluation", {"evaluation": "evaluation.json", "tfma": "tfma",
+                                              "blessed": "BLESSED", "not_blessed": "NOT_BLESSED"})
+PUSHED_MODEL = ArtifactType("PushedModel", {"record": "pushed.json"})
+REPORT = ArtifactType("RunReport", {"page": "report.html"})
+# Inputs that no step produces: a file the data came from, a model found serving.
+DATA_FILE = ArtifactType("DataFile")
+SERVING_MODEL = ArtifactType("ServingModel")
