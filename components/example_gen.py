@@ -89,6 +89,8 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
 
 def _index(path: str, config: IngestConfig) -> tuple[list[Chunk], int]:
     """One pass over a file: validate its header, count its lines, cut it into chunks."""
+    # IngestConfig.load bounds it; a config built otherwise must not cut chunks forever.
+    assert config.chunk_bytes > 0, f"chunk_bytes must be positive (got {config.chunk_bytes})"
     f, compressed = fer_csv.open_binary(path)
     with f:
         layout, start = fer_csv.read_header(f, path, config)

@@ -49,9 +49,231 @@ def load_json(name: str, path: str | Path | None = None) -> dict:
                         f"column {e.colno}). Fix the file and run again.") from None
 
 
-def refuse(what: str, problems: list[str]) -> None:
+def refuse(what: str, problems: list[str], verdict: str = "is inconsistent") -> None:
     if problems:
-        raise UserError(f"{what} is inconsistent: " + "; ".join(problems) + ".")
+        raise UserError(f"{what} {verdict}: " + "; ".join(problems) + ".")
+
+
+# ---------------------------------------------------------------------------------------------
+# What each entry of each config file may hold, as data: one spec per entry, bounds included, so
+# adding an entry to a file means adding its spec here (a file with an entry its spec does not
+# name is refused). One function per spec kind checks it; the config classes below add only the
+# checks that relate entries to each other or to other files.
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # bool is an int
+
+
+class _Spec:
+    def describe(self) -> str:
+        """What the entry must be, as a noun phrase ("a whole number >= 1 and <= 10")."""
+        raise NotImplementedError
+
+    def problems(self, name: str, value) -> list[str]:
+        """Why `value` does not fit, one sentence part per problem, each naming the entry `name`
+        and the value given ([] when it fits)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Whole(_Spec):
+    """A whole number from low to high (true/false is not one, nor is 2.0)."""
+
+    low: int
+    high: int
+    note: str = ""  # appended to the description: why, or the bounds in words
+
+    def describe(self) -> str:
+        if self.low == self.high:
+            return f"{self.low}{self.note}"
+        return f"a whole number >= {self.low} and <= {self.high}{self.note}"
+
+    def problems(self, name, value):
+        if isinstance(value, int) and not isinstance(value, bool) and (
+                self.low <= value <= self.high):
+            return []
+        return [f"{name} must be {self.describe()} (got {value!r})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Number(_Spec):
+    """A number in an interval; open_low/open_high leave that end out."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    noun: str | None = None  # "a probability": "must be a probability in (0, 0.5)"
+    note: str = ""
+
+    def interval(self) -> str:
+        return (f"{'(' if self.open_low else '['}{self.low}, "
+                f"{self.high}{')' if self.open_high else ']'}")
+
+    def describe(self) -> str:
+        return f"{self.noun or 'a number'} in {self.interval()}{self.note}"
+
+    def problems(self, name, value):
+        if _is_number(value) and (self.low < value if self.open_low else self.low <= value) and (
+                value < self.high if self.open_high else value <= self.high):
+            return []  # NaN fails every comparison, and the bounds are finite: so is the value
+        if self.noun:
+            return [f"{name} must be {self.describe()} (got {value!r})"]
+        return [f"{name} must lie in {self.interval()}{self.note} (got {value!r})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag(_Spec):
+    def describe(self) -> str:
+        return "true or false"
+
+    def problems(self, name, value):
+        return [] if isinstance(value, bool) else [f"{name} must be true or false (got {value!r})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(_Spec):
+    """A string of min_len to max_len characters; with `pattern`, one that matches it (`words`
+    says which)."""
+
+    max_len: int = 200
+    pattern: re.Pattern | None = None
+    words: str = ""
+    min_len: int = 1
+
+    def describe(self) -> str:
+        return self.words or (f"a{' non-empty' if self.min_len else ''} string of at most "
+                              f"{self.max_len} characters")
+
+    def problems(self, name, value):
+        if isinstance(value, str) and self.min_len <= len(value) <= self.max_len and (
+                self.pattern is None or self.pattern.fullmatch(value)):
+            return []
+        if self.pattern is not None and isinstance(value, str):
+            return [f"{name} {value!r} must be {self.describe()}"]
+        return [f"{name} must be {self.describe()} (got {value!r})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf(_Spec):
+    choices: tuple
+
+    def describe(self) -> str:
+        words = [json.dumps(c) for c in self.choices]
+        return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+    def problems(self, name, value):
+        ok = isinstance(value, str) and value in self.choices
+        return [] if ok else [f"{name} must be {self.describe()} (got {value!r})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOf(_Spec):
+    """A list of low to high items (`what` names them), each fitting `item`; told as one
+    sentence about the whole list."""
+
+    item: _Spec
+    low: int
+    high: int
+    what: str
+    distinct: bool = False
+
+    def describe(self) -> str:
+        size = self.low if self.low == self.high else f"{self.low} to {self.high}"
+        return (f"a list of {size} {'distinct ' if self.distinct else ''}{self.what}, each "
+                f"{self.item.describe()}")
+
+    def problems(self, name, value):
+        if isinstance(value, (list, tuple)) and self.low <= len(value) <= self.high and not (
+                self.distinct and len(set(map(repr, value))) < len(value)) and not any(
+                self.item.problems(name, v) for v in value):
+            return []
+        return [f"{name} must be {self.describe()} (got {value!r})"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MapOf(_Spec):
+    """An object of low to high entries with any names (`what` names them), each value fitting
+    `value`."""
+
+    value: _Spec
+    low: int
+    high: int
+    what: str
+
+    def describe(self) -> str:
+        return f"an object of {self.low} to {self.high} {self.what}"
+
+    def problems(self, name, value):
+        if not isinstance(value, dict) or not self.low <= len(value) <= self.high:
+            return [f"{name} must be {self.describe()} (got {value!r})"]
+        return [p for key, item in value.items()
+                for p in self.value.problems(f"{name}.{key}", item)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj(_Spec):
+    """An object with exactly these entries. With `summary` (a predicate in which {entry} stands
+    for that entry's description), any problem inside is told as one sentence about the whole."""
+
+    fields: dict
+    summary: str | None = None
+
+    def describe(self) -> str:
+        return f"an object with the entries {', '.join(self.fields)}"
+
+    def missing_and_unknown(self, value: dict) -> tuple[list[str], list[str]]:
+        return sorted(set(self.fields) - set(value)), sorted(set(value) - set(self.fields))
+
+    def entry_problems(self, value: dict, prefix: str = "") -> list[str]:
+        return [p for key, spec in self.fields.items() if key in value
+                for p in spec.problems(prefix + key, value[key])]
+
+    def problems(self, name, value):
+        if not isinstance(value, dict):
+            problems = [f"{name} must be {self.describe()} (got {value!r})"]
+        else:
+            missing, unknown = self.missing_and_unknown(value)
+            problems = [f"{name} must have exactly the entries {', '.join(self.fields)} "
+                        f"(missing: {missing or 'none'}; unknown: {unknown or 'none'})"
+                        ] if missing or unknown else []
+            problems += self.entry_problems(value, f"{name}.")
+        if problems and self.summary:
+            described = {key: spec.describe() for key, spec in self.fields.items()}
+            return [f"{name} {self.summary.format(**described)} (got {value!r})"]
+        return problems
+
+    def at(self, path: str) -> _Spec | None:
+        """The spec of entry `path` ("section.key" inside an object entry), or None."""
+        head, _, rest = path.partition(".")
+        spec = self.fields.get(head)
+        if rest:
+            return spec.at(rest) if isinstance(spec, Obj) else None
+        return spec
+
+
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "true or false",
+               int: "a number", float: "a number", type(None): "null"}
+
+
+def _load_file(spec: Obj, name: str, label: str, path: str | Path | None,
+               verdict: str = "is inconsistent") -> tuple[dict, str | Path]:
+    """(config file `name`'s entries, where it came from: `path`, else the default file). A file
+    that is not a JSON object with exactly spec's entries, each fitting its spec, is refused with
+    one UserError naming the file, each entry at fault, the value given and what is allowed."""
+    where = path or config_path(name)
+    raw = load_json(name, path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{label} config {where} must hold one JSON object ({{\"entry\": value, "
+                        f"...}}), not {_JSON_KINDS.get(type(raw), type(raw).__name__)}. Compare "
+                        f"it with the copy in the repository.")
+    missing, unknown = spec.missing_and_unknown(raw)
+    if missing or unknown:
+        raise UserError(f"{label} config {where} does not have the expected entries "
+                        f"(missing: {missing or 'none'}; unknown: {unknown or 'none'}). "
+                        f"Compare it with the copy in the repository.")
+    refuse(f"{label} config {where}", spec.entry_problems(raw), verdict)
+    return raw, where
 
 
 def _with_flags(cfg, label: str, flags: dict | None):
@@ -70,14 +292,58 @@ def _with_flags(cfg, label: str, flags: dict | None):
     return cfg
 
 
-def _from_json(cls, name: str, label: str, path: str | Path | None):
-    """(cls built from the entries of config file `name`, where it came from)."""
-    where = path or config_path(name)
-    try:
-        return cls(**load_json(name, path)), where
-    except TypeError as e:
-        raise UserError(f"{label} config {where} does not have the expected entries ({e}). "
-                        f"Compare it with the copy in the repository.") from None
+# The side of the images. The seed CNN (components/model.py) would build for other sides, but the
+# built-in faces and pipeline.predict's face crops (pipeline/faces.py) and photos are 48x48,
+# FER2013's size, so a model of another side could not serve them.
+IMAGE_SIZE = 48
+_FRACTION = Number(0, 1, open_high=True)   # of an image, for augmentation
+_SPLIT_NAMES = Text(64, min_len=0)  # which names may be splits: IngestConfig.problems
+_COLUMN = Text(64)
+
+INGEST = Obj({
+    "classes": ListOf(Text(64), 2, 1000, "class names", distinct=True),
+    "image_size": Whole(IMAGE_SIZE, IMAGE_SIZE,
+                        note=", the side the model, the built-in faces and pipeline.predict's "
+                             "crops are made for"),
+    "columns": Obj({"label": _COLUMN, "pixels": _COLUMN, "usage": _COLUMN}),
+    "usage_to_split": MapOf(_SPLIT_NAMES, 1, 100, "Usage values, each naming a split"),
+    "hash_split": MapOf(Number(0, 1), 1, 100, "split shares"),
+    "max_bad_row_fraction": Number(0, 1),
+    "chunk_bytes": Whole(1 << 10, 1 << 30, note=" (1 KiB to 1 GiB)"),
+    "records_per_shard": Whole(1, 10_000_000),
+    # A valid row of 2304 pixels takes about 9.3 KB at most (4 bytes a pixel, and the label and
+    # Usage); a shorter limit would quarantine valid rows.
+    "max_line_bytes": Whole(1 << 16, 1 << 26, note=" (64 KiB to 64 MiB)"),
+    "quarantine_row_chars": Whole(100, 1 << 20),
+})
+
+# The whole numbers of epochs a run may train, also the Tuner's epochs per trial and the
+# built-in data's budget.
+_EPOCHS = Whole(1, 10_000)
+
+TRAINER = Obj({
+    "seed": Whole(0, 2**31 - 1),
+    "epochs": _EPOCHS,
+    "batch_size": Whole(1, 65_536),
+    "learning_rate": Number(0, 1, open_low=True, open_high=True),
+    "warmup_epochs": Whole(0, 10_000),
+    "final_learning_rate_fraction": Number(0, 1, open_low=True),
+    "batch_norm_momentum": Number(0, 1, open_high=True),
+    "batch_norm_population_images": Whole(0, 10_000_000),
+    "early_stopping": Obj({"monitor": OneOf(("val_loss", "val_accuracy")),
+                           "patience": Whole(0, 10_000)}),
+    "augmentation": Obj({"horizontal_flip": Flag(), "shift": _FRACTION, "rotation": _FRACTION,
+                         "zoom": _FRACTION},
+                        summary="needs horizontal_flip ({horizontal_flip}) and shift, rotation, "
+                                "zoom, each {shift}"),
+    "class_weight": OneOf(("balanced", "sqrt", "none")),
+    "warm_start": Obj({"learning_rate_factor": Number(0, 1, open_low=True)},
+                      summary="needs learning_rate_factor, {learning_rate_factor}: the share of "
+                              "learning_rate used when starting from the serving model"),
+    "shuffle_buffer": Whole(1, 10_000_000),
+    "cache_max_bytes": Whole(0, 1 << 40, note=" (up to 1 TiB; 0 caches nothing)"),
+    "deterministic": Flag(),
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,40 +375,42 @@ class IngestConfig:
     def load(cls, path: str | Path | None = None, flags: dict | None = None) -> "IngestConfig":
         """The file's config (default: schemas/ingest.json), then flags {"--flag": (entry,
         value or None)} over it; a bad value is blamed on the file or flag that holds it."""
-        raw = load_json("ingest.json", path)
-        where = path or config_path("ingest.json")
-        try:
-            cfg = cls(
-                classes=tuple(raw["classes"]),
-                image_size=int(raw["image_size"]),
-                label_column=raw["columns"]["label"],
-                pixels_column=raw["columns"]["pixels"],
-                usage_column=raw["columns"]["usage"],
-                usage_to_split=dict(raw["usage_to_split"]),
-                hash_split={k: float(v) for k, v in raw["hash_split"].items()},
-                max_bad_row_fraction=float(raw["max_bad_row_fraction"]),
-                chunk_bytes=int(raw["chunk_bytes"]),
-                records_per_shard=int(raw["records_per_shard"]),
-                max_line_bytes=int(raw["max_line_bytes"]),
-                quarantine_row_chars=int(raw["quarantine_row_chars"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"Config file {where} is missing or mistypes the entry {e}. "
-                            f"Compare it with the copy in the repository.") from None
+        raw, where = _load_file(INGEST, "ingest.json", "Ingestion", path)
+        columns = raw["columns"]
+        cfg = cls(
+            classes=tuple(raw["classes"]),
+            image_size=raw["image_size"],
+            label_column=columns["label"],
+            pixels_column=columns["pixels"],
+            usage_column=columns["usage"],
+            usage_to_split=dict(raw["usage_to_split"]),
+            hash_split={k: float(v) for k, v in raw["hash_split"].items()},
+            max_bad_row_fraction=float(raw["max_bad_row_fraction"]),
+            **{name: raw[name] for name in ("chunk_bytes", "records_per_shard",
+                                            "max_line_bytes", "quarantine_row_chars")})
         refuse(f"Ingestion config {where}", cfg.problems())
         return _with_flags(cfg, "ingestion", flags)
 
+    def as_json(self) -> dict:
+        """The entries of ingest.json this config is made of."""
+        entries = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for column in ("label", "pixels", "usage"):
+            entries.setdefault("columns", {})[column] = entries.pop(f"{column}_column")
+        return {**entries, "classes": list(self.classes)}
+
     def problems(self) -> list[str]:
-        problems = []
-        if set(self.usage_to_split.values()) != set(self.hash_split):
-            problems.append("usage_to_split must map onto exactly the splits named in hash_split")
-        if any(r < 0 for r in self.hash_split.values()) or not math.isclose(
-                sum(self.hash_split.values()), 1.0, abs_tol=1e-6):
-            problems.append(f"hash_split ratios must be >= 0 and sum to 1 (got {self.hash_split})")
-        if not 0 <= self.max_bad_row_fraction <= 1:
-            problems.append(f"max_bad_row_fraction must lie in [0, 1] (got {self.max_bad_row_fraction})")
-        if len(self.classes) < 2:
-            problems.append("classes must name at least two classes")
+        problems = INGEST.entry_problems(self.as_json())
+        if problems:  # the checks below assume the entries' kinds
+            return problems
+        targets = set(self.usage_to_split.values())
+        if targets != set(self.hash_split):
+            problems.append(f"usage_to_split must map onto exactly the splits of hash_split "
+                            f"({', '.join(self.hash_split)}) (got {self.usage_to_split})")
+        if not math.isclose(sum(self.hash_split.values()), 1.0, abs_tol=1e-6):
+            problems.append(f"hash_split ratios must sum to 1 (got {self.hash_split})")
+        columns = self.as_json()["columns"]
+        if len({c.lower() for c in columns.values()}) < 3:  # the header's case is ignored
+            problems.append(f"columns must name three different columns (got {columns})")
         bad = [s for s in self.hash_split if not _NAME.fullmatch(s)]
         if bad:  # each split becomes a folder Split-<name>
             problems.append(f"split names {bad} must be 1-64 letters, digits, '_', '.' or '-'")
@@ -172,64 +440,74 @@ class TrainerConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, flags: dict | None = None) -> "TrainerConfig":
         """As IngestConfig.load, from schemas/trainer.json."""
-        raw = load_json("trainer.json", path)
-        where = path or config_path("trainer.json")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if set(raw) != fields:
-            missing, extra = sorted(fields - set(raw)), sorted(set(raw) - fields)
-            raise UserError(f"Trainer config {where} does not have the expected entries "
-                            f"(missing: {missing or 'none'}; unknown: {extra or 'none'}). "
-                            f"Compare it with the copy in the repository.")
+        raw, where = _load_file(TRAINER, "trainer.json", "Trainer", path)
         cfg = cls(**raw)
         refuse(f"Trainer config {where}", cfg.problems())
         return _with_flags(cfg, "trainer", flags)
 
-    def tuned(self, values: dict) -> "TrainerConfig":
-        """This config with the Tuner's values ("section.key" sets one key of an object entry)."""
+    def _with(self, values: dict) -> "TrainerConfig":
         changes = {}
         for name, value in values.items():
             field, _, key = name.partition(".")
             changes[field] = {**changes.get(field, getattr(self, field)), key: value} if key \
                 else value
-        tuned = dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)
+
+    def tuned(self, values: dict) -> "TrainerConfig":
+        """This config with the Tuner's values ("section.key" sets one key of an object entry)."""
+        tuned = self._with(values)
         refuse("The Tuner's best hyperparameters", tuned.problems())
         return tuned
 
     def problems(self) -> list[str]:
-        problems = []
-        for name, least in (("epochs", 1), ("batch_size", 1), ("shuffle_buffer", 1),
-                            ("warmup_epochs", 0), ("batch_norm_population_images", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < least:
-                problems.append(f"{name} must be a whole number >= {least} (got {value!r})")
-        if not 0 < self.learning_rate < 1:
-            problems.append(f"learning_rate must lie in (0, 1) (got {self.learning_rate})")
-        if not 0 < self.final_learning_rate_fraction <= 1:
-            problems.append(f"final_learning_rate_fraction must lie in (0, 1] "
-                            f"(got {self.final_learning_rate_fraction})")
-        factor = self.warm_start.get("learning_rate_factor") if isinstance(
-            self.warm_start, dict) else None
-        if set(self.warm_start or {}) != {"learning_rate_factor"} or not isinstance(
-                factor, (int, float)) or not 0 < factor <= 1:
-            problems.append("warm_start needs learning_rate_factor, a number in (0, 1]: the "
-                            "share of learning_rate used when starting from the serving model")
-        if not 0 <= self.batch_norm_momentum < 1:
-            problems.append(f"batch_norm_momentum must lie in [0, 1) (got {self.batch_norm_momentum})")
-        if self.class_weight not in ("balanced", "sqrt", "none"):
-            problems.append(f"class_weight must be \"balanced\", \"sqrt\" or \"none\" "
-                            f"(got {self.class_weight!r})")
-        if self.early_stopping.get("monitor") not in ("val_loss", "val_accuracy"):
-            problems.append("early_stopping.monitor must be \"val_loss\" or \"val_accuracy\"")
-        aug = self.augmentation
-        if set(aug) != {"horizontal_flip", "shift", "rotation", "zoom"} or not all(
-                0 <= aug[k] < 1 for k in ("shift", "rotation", "zoom")):
-            problems.append("augmentation needs horizontal_flip (true/false) and shift, rotation, "
-                            "zoom as fractions in [0, 1)")
-        return problems
+        return TRAINER.entry_problems({f.name: getattr(self, f.name)
+                                       for f in dataclasses.fields(self)})
 
 
 # What the Evaluator computes, and so the only metrics a gate may name.
 GATED_METRICS = ("accuracy", "macro_accuracy", "class_accuracy")
+
+
+class _Gates(_Spec):
+    """floors or max_drop_vs_serving: per metric of GATED_METRICS a bound in [0, 1], per class
+    for class_accuracy (the class names are checked against the ingestion config's)."""
+
+    bound = Number(0, 1, noun="a number")
+
+    def describe(self) -> str:
+        return f"an object giving bounds for some of {', '.join(GATED_METRICS)}"
+
+    def problems(self, name, value):
+        if not isinstance(value, dict):
+            return [f"{name} must be {self.describe()} (got {value!r})"]
+        problems = []
+        for metric, gate in value.items():
+            if metric not in GATED_METRICS:
+                problems.append(f"{name} names the metric {metric!r}, which the Evaluator "
+                                f"does not compute (it computes {', '.join(GATED_METRICS)})")
+                continue
+            per_class = metric == "class_accuracy"
+            if per_class != isinstance(gate, dict):
+                problems.append(f"{name}.{metric} must be " + (
+                    'an object {"default": x, "<class>": y}' if per_class else "a number")
+                    + f" (got {gate!r})")
+                continue
+            for label, bound in (gate if per_class else {"": gate}).items():
+                problems += self.bound.problems(f"{name}.{metric}{'.' + label if label else ''}",
+                                                bound)
+        return problems
+
+
+EVALUATION = Obj({
+    "model_name": Text(pattern=_NAME, words="1-64 letters, digits, '_', '.' or '-'"),
+    "split": _SPLIT_NAMES,
+    "confidence": Number(0.5, 1, open_high=True, note=", e.g. 0.95"),
+    "min_class_examples": Whole(1, 10_000_000),
+    "min_examples": Whole(0, 10_000_000),
+    "max_earlier_runs": Whole(0, 1000),
+    "floors": _Gates(),
+    "max_drop_vs_serving": _Gates(),
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +536,8 @@ class EvaluationConfig:
 
     @classmethod
     def load(cls, classes, splits, path: str | Path | None = None) -> "EvaluationConfig":
-        cfg, where = _from_json(cls, "evaluation.json", "Gating", path)
+        raw, where = _load_file(EVALUATION, "evaluation.json", "Gating", path, "is wrong")
+        cfg = cls(**raw)
         cfg.check(classes, splits, where)
         return cfg
 
@@ -270,42 +549,59 @@ class EvaluationConfig:
 
     def check(self, classes, splits, where) -> None:
         """A gate on something never computed would fail every model: refuse it now."""
-        problems = []
-        if not _NAME.fullmatch(str(self.model_name)):
-            problems.append(f"model_name {self.model_name!r} must be 1-64 letters, digits, '_', "
-                            f"'.' or '-'")
-        if self.split not in splits:
-            problems.append(f"split {self.split!r} is not one of the splits {', '.join(splits)}")
-        if not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1:
-            problems.append(f"confidence must lie in [0.5, 1), e.g. 0.95 (got {self.confidence!r})")
-        for name, least in (("min_class_examples", 1), ("min_examples", 0),
-                            ("max_earlier_runs", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not (
-                    least <= value <= 10_000_000):
-                problems.append(f"{name} must be a whole number from {least} to 10000000 "
-                                f"(got {value!r})")
-        for section in ("floors", "max_drop_vs_serving"):
-            for metric, value in getattr(self, section).items():
-                if metric not in GATED_METRICS:
-                    problems.append(f"{section} names the metric {metric!r}, which the Evaluator "
-                                    f"does not compute (it computes {', '.join(GATED_METRICS)})")
-                    continue
-                per_class = metric == "class_accuracy"
-                if per_class != isinstance(value, dict):
-                    problems.append(f"{section}.{metric} must be " + (
-                        'an object {"default": x, "<class>": y}' if per_class else "a number"))
-                    continue
-                values = value if per_class else {"": value}
-                for name, bound in values.items():
-                    if per_class and name not in (*classes, "default"):
+        problems = EVALUATION.entry_problems({f.name: getattr(self, f.name)
+                                              for f in dataclasses.fields(self)})
+        if not problems:
+            if self.split not in splits:
+                problems.append(f"split {self.split!r} is not one of the splits "
+                                f"{', '.join(splits)}")
+            for section in ("floors", "max_drop_vs_serving"):
+                for name in getattr(self, section).get("class_accuracy", {}):
+                    if name not in (*classes, "default"):
                         problems.append(f"{section}.class_accuracy names the class {name!r}; "
                                         f"the classes are {', '.join(classes)} (or default)")
-                    if not isinstance(bound, (int, float)) or not 0 <= bound <= 1:
-                        problems.append(f"{section}.{metric}{'.' + name if name else ''} must be "
-                                        f"a number in [0, 1] (got {bound!r})")
-        if problems:
-            raise UserError(f"Gating config {where} is wrong: " + "; ".join(problems) + ".")
+        refuse(f"Gating config {where}", problems, "is wrong")
+
+
+def _search_space(spec) -> bool:
+    """Whether spec is {"choices": [...]} or {"low": a, "high": b, "log": false}."""
+    if not isinstance(spec, dict):
+        return False
+    if set(spec) == {"choices"}:
+        choices = spec["choices"]
+        return isinstance(choices, list) and 1 <= len(choices) <= 1000 and all(
+            isinstance(c, (str, int, float)) for c in choices)
+    return ({"low", "high"} <= set(spec) <= {"low", "high", "log"}
+            and _is_number(spec["low"]) and _is_number(spec["high"])
+            and spec["low"] < spec["high"] and isinstance(spec.get("log", False), bool)
+            and (not spec.get("log") or spec["low"] > 0))
+
+
+class _Search(_Spec):
+    """The Tuner's parameters: Trainer hyperparameters (a trainer.json entry, or "section.key"
+    inside one), each with its search space; each value it can give is checked against the
+    Trainer's bounds by TunerConfig.check."""
+
+    def describe(self) -> str:
+        return "an object naming at least one hyperparameter"
+
+    def problems(self, name, value):
+        if not isinstance(value, dict) or not value:
+            return [f"{name} must name at least one hyperparameter (got {value!r})"]
+        problems = []
+        for parameter, spec in value.items():
+            if not isinstance(TRAINER.at(parameter), (Whole, Number, Flag, OneOf)):
+                problems.append(f"{name} names {parameter!r}, which is not a hyperparameter of "
+                                f"trainer.json (an entry, or \"section.key\" for a key inside "
+                                f"an entry that is an object, e.g. \"augmentation.shift\")")
+            elif not _search_space(spec):
+                problems.append(f"{name}.{parameter} must be {{\"choices\": [...]}} or "
+                                f"{{\"low\": a, \"high\": b}} with a < b, and optionally "
+                                f"\"log\": true or false (true needs a > 0) (got {spec!r})")
+        return problems
+
+
+TUNER = Obj({"epochs_per_trial": _EPOCHS, "parameters": _Search()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,75 +615,98 @@ class TunerConfig:
     parameters: dict
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "TunerConfig":
-        cfg, where = _from_json(cls, "tuner.json", "Tuner", path)
-        cfg.check(where)
+    def load(cls, path: str | Path | None = None,
+             trainer: TrainerConfig | None = None) -> "TunerConfig":
+        """The search of the file (default: schemas/tuner.json); with `trainer`, the config the
+        trials start from, each value the search can give is checked against its bounds."""
+        raw, where = _load_file(TUNER, "tuner.json", "Tuner", path)
+        cfg = cls(**raw)
+        cfg.check(where, trainer)
         return cfg
 
-    def check(self, where) -> None:
-        problems = []
-        if not isinstance(self.epochs_per_trial, int) or self.epochs_per_trial < 1:
-            problems.append(f"epochs_per_trial must be a whole number >= 1 "
-                            f"(got {self.epochs_per_trial!r})")
-        known = {f.name: f for f in dataclasses.fields(TrainerConfig)}
-        if not isinstance(self.parameters, dict) or not self.parameters:
-            problems.append("parameters must name at least one hyperparameter")
-        for name, spec in (self.parameters or {}).items() if isinstance(
-                self.parameters, dict) else ():
-            field = name.split(".")[0]
-            if field not in known or (("." in name) != (known[field].type is dict)):
-                problems.append(f"parameters names {name!r}, which is not a hyperparameter of "
-                                f"trainer.json (an entry, or \"section.key\" for a key inside "
-                                f"an entry that is an object, e.g. \"augmentation.shift\")")
-            elif not isinstance(spec, dict) or not (
-                    (set(spec) == {"choices"} and isinstance(spec["choices"], list)
-                     and spec["choices"])
-                    or ({"low", "high"} <= set(spec) <= {"low", "high", "log"}
-                        and all(isinstance(spec[k], (int, float)) for k in ("low", "high"))
-                        and spec["low"] < spec["high"]
-                        and (not spec.get("log") or spec["low"] > 0))):
-                problems.append(f"parameters.{name} must be {{\"choices\": [...]}} or "
-                                f"{{\"low\": a, \"high\": b}} with a < b (and a > 0 with "
-                                f"\"log\": true)")
-        if problems:
-            raise UserError(f"Tuner config {where} is inconsistent: " + "; ".join(problems) + ".")
+    def check(self, where, trainer: TrainerConfig | None = None) -> None:
+        problems = TUNER.entry_problems({"epochs_per_trial": self.epochs_per_trial,
+                                         "parameters": self.parameters})
+        for name, spec in (self.parameters.items() if trainer and not problems else ()):
+            # The ends of a range and every choice: the bounds are intervals, so what lies
+            # between the ends fits when they do.
+            ends = {"choices": spec["choices"]} if "choices" in spec else {
+                "low": [spec["low"]], "high": [spec["high"]]}
+            refused = next(((key, value, found[0]) for key, values in ends.items()
+                            for value in values if (found := trainer._with({name: value})
+                                                    .problems())), None)
+            if refused:
+                key, value, problem = refused
+                given = f"{spec[key]!r} hold" if key == "choices" else "is"
+                problems.append(f"parameters.{name}.{key} {given} {value!r}, which the Trainer "
+                                f"refuses: {problem}")
+        refuse(f"Tuner config {where}", problems)
 
 
 _ANOMALY_CHECKS = ("schema", "skew", "drift", "missing_class")
+_PIXEL = Number(0, 255)
+
+VALIDATION = Obj({
+    "exposure": Obj({name: _PIXEL for name in ("dark_mean_below", "bright_mean_above",
+                                                "flat_contrast_below", "saturated_value_margin")},
+                    summary="needs dark_mean_below, bright_mean_above, flat_contrast_below and "
+                            "saturated_value_margin, each {dark_mean_below}"),
+    "on_anomaly": Obj({name: OneOf(("stop", "warn")) for name in _ANOMALY_CHECKS},
+                      summary=f"must set each of {', '.join(_ANOMALY_CHECKS)} to {{schema}}"),
+    "skew_against_train": ListOf(_SPLIT_NAMES, 0, 100, "split names", distinct=True),
+    "drift_split": _SPLIT_NAMES,
+    "significance_level": Number(0, 0.5, open_low=True, open_high=True, noun="a probability",
+                                 note=": how unlikely a difference must be under sampling alone "
+                                      "to count"),
+})
 
 
 def load_validation(splits, path: str | Path | None = None) -> dict:
     """The ExampleValidator's policy (schemas/validation.json), checked against the splits."""
-    policy, where = load_json("validation.json", path), path or config_path("validation.json")
+    policy, where = _load_file(VALIDATION, "validation.json", "Validation", path)
     problems = []
-    exposure = policy.get("exposure")
-    if not isinstance(exposure, dict) or set(exposure) != {
-            "dark_mean_below", "bright_mean_above", "flat_contrast_below",
-            "saturated_value_margin"} or not all(
-            isinstance(v, (int, float)) and 0 <= v <= 255 for v in exposure.values()):
-        problems.append("exposure needs dark_mean_below, bright_mean_above, flat_contrast_below "
-                        "and saturated_value_margin, each a pixel value in [0, 255]")
-    actions = policy.get("on_anomaly")
-    if not isinstance(actions, dict) or set(actions) != set(_ANOMALY_CHECKS) or not all(
-            a in ("stop", "warn") for a in actions.values()):
-        problems.append(f"on_anomaly must set each of {', '.join(_ANOMALY_CHECKS)} to \"stop\" "
-                        f"or \"warn\"")
-    skew = policy.get("skew_against_train")
-    if not isinstance(skew, list) or not set(skew) <= set(splits) - {"train"}:
+    skew = policy["skew_against_train"]
+    if not set(skew) <= set(splits) - {"train"}:
         problems.append(f"skew_against_train must list splits other than train (the splits "
-                        f"are {', '.join(splits)})")
-    if policy.get("drift_split") not in splits:
-        problems.append(f"drift_split must be one of the splits {', '.join(splits)}")
-    level = policy.get("significance_level")
-    if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0 < level < 0.5:
-        problems.append(f"significance_level must be a probability in (0, 0.5): how unlikely a "
-                        f"difference must be under sampling alone to count (got {level!r})")
-    extra = sorted(set(policy) - {"exposure", "on_anomaly", "skew_against_train", "drift_split",
-                                  "significance_level"})
-    if extra:
-        problems.append(f"unknown entries {extra}")
+                        f"are {', '.join(splits)}; got {skew!r})")
+    if policy["drift_split"] not in splits:
+        problems.append(f"drift_split must be one of the splits {', '.join(splits)} "
+                        f"(got {policy['drift_split']!r})")
     refuse(f"Validation config {where}", problems)
     return policy
+
+
+_COUNT = Whole(0, 100_000_000)
+
+DEFAULT_DATA = Obj({
+    "rows": Whole(100, 1_000_000),
+    "seed": Whole(0, 2**32 - 1),
+    "fer2013_train_class_counts": ListOf(_COUNT, 7, 7, "counts, one per FER2013 class the "
+                                                       "built-in faces draw"),
+    "usage_counts": MapOf(_COUNT, 1, 100, "counts, one per Usage value"),
+    "epochs": _EPOCHS,
+})
+
+
+def load_default_data(ingest: IngestConfig) -> dict:
+    """The built-in data's recipe (schemas/default_data.json), checked against the ingestion
+    config that will read it."""
+    spec, where = _load_file(DEFAULT_DATA, "default_data.json", "Built-in data", None)
+    problems = []
+    counts, usage = spec["fer2013_train_class_counts"], spec["usage_counts"]
+    if not sum(counts):
+        problems.append(f"fer2013_train_class_counts must hold a count above 0 (got {counts})")
+    if len(counts) > len(ingest.classes):
+        problems.append(f"fer2013_train_class_counts gives {len(counts)} classes, more than the "
+                        f"{len(ingest.classes)} of the ingestion config (got {counts})")
+    if not sum(usage.values()):
+        problems.append(f"usage_counts must hold a count above 0 (got {usage})")
+    unknown = sorted(set(usage) - set(ingest.usage_to_split))
+    if unknown:
+        problems.append(f"usage_counts names {unknown}, which the ingestion config's "
+                        f"usage_to_split does not map to a split (got {usage})")
+    refuse(f"Built-in data config {where}", problems)
+    return spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,16 +781,14 @@ def resolve(args) -> Settings:
     ingest = IngestConfig.load(args.ingest_config,
                                {"--max-bad-rows": ("max_bad_row_fraction", args.max_bad_rows)})
     trainer = TrainerConfig.load(args.trainer_config)
-    if not args.data and not args.trainer_config:
-        budget = load_json("default_data.json").get("epochs")
-        if not isinstance(budget, int) or budget < 1:
-            raise UserError(f"Config file {config_path('default_data.json')} must give the "
-                            f"built-in data's \"epochs\", a whole number >= 1 (got {budget!r}).")
-        trainer = dataclasses.replace(trainer, epochs=budget)
+    if not args.data:
+        budget = load_default_data(ingest)["epochs"]
+        if not args.trainer_config:
+            trainer = dataclasses.replace(trainer, epochs=budget)
     trainer = _with_flags(trainer, "trainer", {"--epochs": ("epochs", args.epochs),
                                                "--batch-size": ("batch_size", args.batch_size)})
-    if args.tune < 0:
-        raise UserError(f"--tune takes a number of trials, 0 or more (got {args.tune}).")
+    if not 0 <= args.tune <= 10_000:
+        raise UserError(f"--tune takes a number of trials from 0 to 10000 (got {args.tune}).")
     schema = Path(args.schema) if args.schema else config_path("schema.pbtxt")
     if args.schema and not schema.is_file():
         raise UserError(f"Schema file {schema} (--schema) does not exist. Pass an existing "
@@ -481,4 +798,5 @@ def resolve(args) -> Settings:
         evaluation=EvaluationConfig.load(ingest.classes, ingest.splits, args.evaluation_config),
         validation=load_validation(ingest.splits, args.validation_config),
         schema=str(schema.resolve()) if schema.is_file() else None,
-        tuner=TunerConfig.load(args.tuner_config) if args.tune else None, tune=args.tune)
+        tuner=TunerConfig.load(args.tuner_config, trainer) if args.tune else None,
+        tune=args.tune)
