@@ -247,18 +247,35 @@ def _count_records(files: list[str]) -> int:
 
 
 def _quarantine_reasons(quarantine_dir: str) -> dict[str, int]:
-    reasons = collections.Counter()
+    """How many rows were quarantined for each kind of reason, most first. Reasons that differ
+    only in their numbers are one kind ("found 2303 pixel values" and "found 12 ..."); a number
+    that is the same in all of them is kept, one that differs shows its range
+    ("found 12-2303 pixel values, expected 2304 (48x48)")."""
+    kinds = {}  # template -> [count, [lowest, highest] (value, as written) of each number]
     for path in artifacts.glob(os.path.join(quarantine_dir, "*.jsonl")):
         for line in artifacts.read_text(path).splitlines():
-            reason = json.loads(line)["reason"]
-            # Group "found 2303 pixel values" with "found 12 ...": the kind, not the number.
-            reasons[_reason_kind(reason)] += 1
-    return dict(reasons.most_common())
+            template, numbers = _reason_kind(json.loads(line)["reason"])
+            kind = kinds.setdefault(template, [0, [[n, n] for n in numbers]])
+            kind[0] += 1
+            for span, number in zip(kind[1], numbers):
+                span[:] = min(span[0], number), max(span[1], number)
+    shown = collections.Counter()
+    for template, (count, spans) in kinds.items():
+        shown[template.format(*(low[1] if low[0] == high[0] else f"{low[1]}-{high[1]}"
+                                for low, high in spans))] += count
+    return dict(shown.most_common())
 
 
-def _reason_kind(reason: str) -> str:
-    return " ".join("N" if w.strip("(),'").replace(",", "").isdigit() else w
-                    for w in reason.split())
+def _reason_kind(reason: str) -> tuple[str, list[tuple[int, str]]]:
+    """The reason with each whole number as {} (a str.format template), and the numbers."""
+    words, numbers = [], []
+    for word in reason.replace("{", "{{").replace("}", "}}").split(" "):
+        core = word.strip("(),'")
+        if core and core.replace(",", "").isdigit():
+            numbers.append((int(core.replace(",", "")), core))
+            word = word.replace(core, "{}", 1)
+        words.append(word)
+    return " ".join(words), numbers
 
 
 def _reconcile(counts: dict, counters: dict, output_dir: str) -> None:

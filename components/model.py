@@ -16,6 +16,8 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.python.autograph.core import config as _autograph
 from tf_keras import layers
+# The layer the functional API wraps a TensorFlow op in; tf_keras exports no public name for it.
+from tf_keras.src.layers.core.tf_op_layer import TFOpLambda
 
 # AutoGraph leaves Keras' own code alone by its module name, and TensorFlow 2.16 knows only
 # `keras`: tf_keras (the same Keras 2 code, renamed) is rewritten function by function on first
@@ -34,10 +36,22 @@ _CONV_BLOCKS = (((32, 3), (64, 3)), 0.025), (((128, 5),), 0.25), (((512, 3),), 0
 _DENSE = ((256, 0.3), (512, 0.3))
 
 
-@keras.utils.register_keras_serializable(package="fer")
-class StandardizeImage(layers.Layer):
+def StandardizeImage(name: str = "standardize") -> layers.Layer:
     """Each image to zero mean and unit variance (tf.image.per_image_standardization; a flat
-    image is only centred)."""
+    image is only centred), as a built-in Keras layer: TFOpLambda, the layer Keras' functional
+    API makes of a TensorFlow op, records the op by its public name
+    ("image.per_image_standardization"). So a saved model.keras loads in any process with
+    tf_keras.models.load_model alone, in safe mode: a layer class of our own would need this
+    module imported first, as tf_keras 2.16 resolves a functional model's layers by registered
+    name only (a Lambda layer would need safe_mode=False, for its pickled Python code)."""
+    return TFOpLambda(tf.image.per_image_standardization, name=name)
+
+
+@keras.utils.register_keras_serializable(package="fer", name="StandardizeImage")
+class LegacyStandardizeImage(layers.Layer):
+    """The layer models saved before the built-in one carry (registered as fer>StandardizeImage):
+    their model.keras files load once this module is imported. Same computation, no weights, so
+    a checkpoint of either model fits the other."""
 
     def call(self, images):
         return tf.image.per_image_standardization(images)

@@ -30,7 +30,7 @@ class Layout:
     """Where the columns of one file are (files of one dataset may order them differently)."""
 
     names: tuple[str, ...]
-    label: int
+    label: int | None  # None only for files read without labels (read_header(labelled=False))
     pixels: int
     usage: int | None
 
@@ -93,8 +93,12 @@ def open_binary(path: str) -> tuple[BinaryIO, bool]:
     return raw, False
 
 
-def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, int]:
-    """Parse the header line; return the layout and the header's length in bytes."""
+def read_header(f: BinaryIO, path: str, config: IngestConfig, labelled: bool = True
+                ) -> tuple[Layout, int]:
+    """Parse the header line; return the layout and the header's length in bytes.
+
+    labelled=False (pipeline.predict) needs only the pixels column: the layout's label is then
+    None when the file has no label column."""
     expected = f"{config.label_column},{config.pixels_column},{config.usage_column}"
     try:
         line = f.readline(_MAX_HEADER_BYTES)
@@ -135,9 +139,9 @@ def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, i
 
     label, pixels, usage = (find(c) for c in
                             (config.label_column, config.pixels_column, config.usage_column))
-    if label is None or pixels is None:
+    if (label is None and labelled) or pixels is None:
         missing = [c for c, i in ((config.label_column, label), (config.pixels_column, pixels))
-                   if i is None]
+                   if i is None and (labelled or c == config.pixels_column)]
         hint = ""
         if names and names[0].isdigit():
             hint = (" The first line looks like a data row: the file has no header; insert the "
@@ -145,9 +149,11 @@ def read_header(f: BinaryIO, path: str, config: IngestConfig) -> tuple[Layout, i
         elif "\t" in text or ";" in text:
             hint = (" The file seems to use tabs or semicolons between columns; FER CSVs use "
                     "commas: convert the separators.")
+        optional = (f"the {config.usage_column} column is optional" if labelled else
+                    f"only the {config.pixels_column} column is needed here")
         raise UserError(f"{path} has the header {text.strip()[:200]!r}, which lacks the column(s) "
-                        f"{', '.join(missing)}. A FER CSV starts with '{expected}' (the "
-                        f"{config.usage_column} column is optional; any column order works).{hint}")
+                        f"{', '.join(missing)}. A FER CSV starts with '{expected}' ({optional}; "
+                        f"any column order works).{hint}")
     return Layout(names, label, pixels, usage), len(line)
 
 
@@ -165,10 +171,7 @@ def split_fields(body: bytes) -> list[bytes]:
 def parse_row(body: bytes, layout: Layout, config: IngestConfig
               ) -> tuple[str, int, np.ndarray]:
     """Return (split, label, pixels as int64[n_pixels]) or raise RowError with the reason."""
-    fields = split_fields(body)
-    if len(fields) != len(layout.names):
-        raise RowError(f"expected {len(layout.names)} fields ({','.join(layout.names)}), "
-                       f"found {len(fields)}")
+    fields = _fields(body, layout)
     raw_label = fields[layout.label].strip()
     if not raw_label:
         raise RowError(f"empty {config.label_column}")
@@ -176,8 +179,21 @@ def parse_row(body: bytes, layout: Layout, config: IngestConfig
         raise RowError(f"{config.label_column} {_show(raw_label)} is not a class id "
                        f"0-{len(config.classes) - 1}")
     label = int(raw_label)
+    pixels = parse_pixels(fields[layout.pixels], config)
 
-    pixels_text = fields[layout.pixels].strip()
+    if layout.usage is None:
+        return hash_split(pixels, config), label, pixels
+    usage = fields[layout.usage].strip().decode("utf-8", errors="replace")
+    split = config.usage_to_split.get(usage)
+    if split is None:
+        raise RowError(f"{config.usage_column} {usage!r} is not one of "
+                       f"{', '.join(config.usage_to_split)}")
+    return split, label, pixels
+
+
+def parse_pixels(field: bytes, config: IngestConfig) -> np.ndarray:
+    """One row's pixels field as int64[n_pixels], or RowError with the reason."""
+    pixels_text = field.strip()
     if not pixels_text:
         raise RowError(f"empty {config.pixels_column}")
     if pixels_text.translate(None, _PIXEL_CHARS):
@@ -191,15 +207,15 @@ def parse_row(body: bytes, layout: Layout, config: IngestConfig
     if pixels.max() > 255:
         at = int(np.argmax(pixels > 255))
         raise RowError(f"pixel {at} has the value {pixels[at]}, outside 0-255")
+    return pixels
 
-    if layout.usage is None:
-        return hash_split(pixels, config), label, pixels
-    usage = fields[layout.usage].strip().decode("utf-8", errors="replace")
-    split = config.usage_to_split.get(usage)
-    if split is None:
-        raise RowError(f"{config.usage_column} {usage!r} is not one of "
-                       f"{', '.join(config.usage_to_split)}")
-    return split, label, pixels
+
+def _fields(body: bytes, layout: Layout) -> list[bytes]:
+    fields = split_fields(body)
+    if len(fields) != len(layout.names):
+        raise RowError(f"expected {len(layout.names)} fields ({','.join(layout.names)}), "
+                       f"found {len(fields)}")
+    return fields
 
 
 def hash_split(pixels: np.ndarray, config: IngestConfig) -> str:
@@ -250,8 +266,7 @@ def read_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
     """
     for number, line in read_lines(f, first_line, end, config.max_line_bytes):
         if isinstance(line, TooLongLine):
-            yield number, line.head, (f"line is {line.length:,} bytes long, longer than any "
-                                      f"valid row ({config.max_line_bytes:,} bytes at most)")
+            yield number, line.head, _too_long(line, config)
         elif not line.strip():
             yield number, line, None
         else:
@@ -259,6 +274,47 @@ def read_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
                 yield number, line, parse_row(line, layout, config)
             except RowError as e:
                 yield number, line, str(e)
+
+
+def read_pixel_rows(path: str, config: IngestConfig
+                    ) -> Iterator[tuple[int, np.ndarray | str]]:
+    """(line number, pixels as int64[n_pixels] or the reason the row is invalid) for each
+    non-blank row of a FER CSV, labelled or not: what pipeline.predict classifies. The file is
+    read as ExampleGen reads it (gzip by content, any header case and column order, quoted
+    fields, the same row rules); other columns are not checked. The header is read at once:
+    a UserError here for a file that is not such a CSV, from the iterator for one that breaks
+    off (a damaged gzip stream)."""
+    f, compressed = open_binary(path)
+    try:
+        layout, _ = read_header(f, path, config, labelled=False)
+    except BaseException:
+        f.close()
+        raise
+    return _pixel_rows(f, compressed, path, layout, config)
+
+
+def _pixel_rows(f: BinaryIO, compressed: bool, path: str, layout: Layout, config: IngestConfig
+                ) -> Iterator[tuple[int, np.ndarray | str]]:
+    with f:
+        number = 1  # the header's
+        try:
+            for number, line in read_lines(f, 2, None, config.max_line_bytes):
+                if isinstance(line, TooLongLine):
+                    yield number, _too_long(line, config)
+                elif line.strip():
+                    try:
+                        yield number, parse_pixels(_fields(line, layout)[layout.pixels], config)
+                    except RowError as e:
+                        yield number, str(e)
+        except (OSError, EOFError) as e:
+            fix = ("its gzip stream is damaged: compress the CSV again, or pass the uncompressed "
+                   "file" if compressed else "pass a copy that reads in full")
+            raise UserError(f"{path} cannot be read past line {number} ({e}); {fix}.") from None
+
+
+def _too_long(line: TooLongLine, config: IngestConfig) -> str:
+    return (f"line is {line.length:,} bytes long, longer than any valid row "
+            f"({config.max_line_bytes:,} bytes at most)")
 
 
 def _show(value: bytes, limit: int = 40) -> str:

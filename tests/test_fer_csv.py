@@ -103,3 +103,39 @@ def test_read_lines_bounds_an_endless_line():
     too_long = lines[1][1]
     assert isinstance(too_long, fer_csv.TooLongLine)
     assert too_long.length == 5001 and len(too_long.head) == 101
+
+
+def test_quarantine_reasons_keep_the_numbers_their_rows_share(tmp_path):
+    """ExampleGen's counts group reasons that differ only in their numbers: a number all the
+    rows share is shown, one that differs shows its range, none is a bare placeholder."""
+    import json
+
+    from components import example_gen
+
+    reasons = ["expected 3 fields (emotion,pixels,Usage), found 4"] * 3 + [
+        "found 2303 pixel values, expected 2304 (48x48)",
+        "found 12 pixel values, expected 2304 (48x48)",
+        "pixel 7 has the value 300, outside 0-255",
+        "line is 1,048,600 bytes long, longer than any valid row (1,048,576 bytes at most)",
+        "emotion '9' is not a class id 0-6",
+    ]
+    (tmp_path / "bad_rows-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps({"line": n, "reason": r}) + "\n" for n, r in enumerate(reasons)))
+    assert example_gen._quarantine_reasons(str(tmp_path)) == {
+        "expected 3 fields (emotion,pixels,Usage), found 4": 3,
+        "found 12-2303 pixel values, expected 2304 (48x48)": 2,
+        "pixel 7 has the value 300, outside 0-255": 1,
+        "line is 1,048,600 bytes long, longer than any valid row (1,048,576 bytes at most)": 1,
+        "emotion '9' is not a class id 0-6": 1,
+    }
+
+
+def test_an_unlabelled_header_is_read_for_predictions_only(config):
+    layout, _ = fer_csv.read_header(io.BytesIO(b"Usage,PIXELS\n"), "p.csv", config,
+                                    labelled=False)
+    assert (layout.label, layout.pixels, layout.usage) == (None, 1, 0)
+    with pytest.raises(UserError, match="lacks the column\\(s\\) emotion\\."):
+        fer_csv.read_header(io.BytesIO(b"Usage,PIXELS\n"), "t.csv", config)
+    with pytest.raises(UserError, match="lacks the column\\(s\\) pixels\\..*only the pixels "
+                                        "column is needed here"):
+        fer_csv.read_header(io.BytesIO(b"emotion,image\n"), "p.csv", config, labelled=False)

@@ -58,12 +58,15 @@ def test_architecture_is_the_seed_design_layer_by_layer():
             seen.append((kind, c["rate"]))
         elif kind == "MaxPooling2D":
             seen.append((kind, tuple(c["pool_size"])))
+        elif kind == "TFOpLambda":
+            assert c["function"] == "image.per_image_standardization"
+            seen.append((kind,))
         else:
             seen.append((kind,))
     conv = lambda f, k: ("Conv2D", f, (k, k), "same", "relu")  # noqa: E731
     block = [("BatchNormalization",), ("MaxPooling2D", (2, 2))]
     assert seen == [
-        ("StandardizeImage",),
+        ("TFOpLambda",),  # tf.image.per_image_standardization, by its public name
         conv(32, 3), conv(64, 3), *block, ("Dropout", 0.025),
         conv(128, 5), *block, ("Dropout", 0.25),
         conv(512, 3), *block, ("Dropout", 0.25),
@@ -75,6 +78,28 @@ def test_architecture_is_the_seed_design_layer_by_layer():
     ]
     assert model.input_shape == (None, 48, 48, 1) and model.output_shape == (None, 7)
     assert model.count_params() == 2_726_151
+
+
+def test_model_keras_loads_in_a_fresh_process_with_tf_keras_alone(tmp_path):
+    """model.keras is for anyone with tf_keras: no import of this project's code first, safe
+    mode (no pickled Python), the same answers, the per-image standardisation included."""
+    model = build_cnn(48, 7)
+    model.save(tmp_path / "model.keras")
+    images = np.random.default_rng(1).integers(0, 256, (4, 48, 48, 1)).astype("float32")
+    images[0] = 77  # a flat image: only centred
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "expected.npy", model.predict(images, verbose=0))
+    client = """
+import sys, numpy as np, tf_keras
+model = tf_keras.models.load_model("model.keras")
+print(np.abs(model.predict(np.load("images.npy"), verbose=0) - np.load("expected.npy")).max())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("components", "pipeline")))
+"""
+    result = subprocess.run([sys.executable, "-c", client], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    *_, difference, ours = result.stdout.strip().splitlines()
+    assert float(difference) == 0 and ours == "[]"
 
 
 @pytest.mark.parametrize("change, complaint", [
