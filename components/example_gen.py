@@ -59,7 +59,8 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     Returns the counts also written to counts.json. Raises UserError for bad input
     and IntegrityError if the output does not account for every input line.
     """
-    files = fer_csv.input_files(data)
+    found = fer_csv.said(fer_csv.list_inputs(data))
+    files = found.files
     chunks, lines_by_file = [], {}
     for path in files:
         file_chunks, lines = _index(path, config)
@@ -79,6 +80,7 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     counts = {
         "input": data, "files": lines_by_file, "rows_read": rows_read, "blank_lines": blank,
         "written": written, "quarantined": quarantined, "quarantine_reasons": reasons,
+        "skipped": dict(found.skipped),  # entries of the input folder or glob not read, and why
     }
     artifacts.write_text(EXAMPLES.path(output_dir, "counts"), json.dumps(counts, indent=2))
 

@@ -35,7 +35,7 @@ def _push(model: str, model_root: str) -> str:
         artifacts.makedirs(model_root)
         if artifacts.remote(model_root):  # no lock file to share there: one root pushes at a
             return _copy_in(model, model_root)  # time (README, "Beyond one machine")
-        with artifacts.lock(artifacts.join(model_root, ".lock")):  # other roots may push here
+        with artifacts.lock(artifacts.join(model_root, artifacts.PUSH_LOCK)):  # other roots push
             return _copy_in(model, model_root)
     except Exception as e:
         import tensorflow as tf

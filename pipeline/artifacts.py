@@ -21,8 +21,14 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.errors import UserError
+
 MARKER = "_COMPLETE"
 STAGING = ".partial-"
+# One lock file per purpose, so that no process ever waits on a lock it holds itself: the run's
+# hold on its root (beside the SQLite store), and a push into a model's serving folder.
+RUN_LOCK = ".run.lock"
+PUSH_LOCK = ".push.lock"
 EXAMPLES_SUFFIX = ".tfrecord.gz"
 SAVED_MODEL = "saved_model.pb"  # a SavedModel's graph: written last, it marks the model whole
 
@@ -226,3 +232,48 @@ def lock(path: Path, wait: bool = True):
         f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
         f.flush()
         yield
+
+
+def within(inner: str | Path, outer: str | Path) -> bool:
+    """Whether `inner` is the folder `outer` or lies below it: local paths once resolved (a
+    symbolic link is where it points), object storage's as strings."""
+    if remote(inner) != remote(outer):
+        return False
+    inner, outer = (absolute(p).rstrip("/") for p in (inner, outer))
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def check_layout(root: str, serving_dir: str, data: str | None) -> None:
+    """Refuse, before any work, a pipeline root that nests with the serving directory (the
+    run's folders, store and lock would mix with the served versions and their push lock) or
+    that lies in the folder --data reads from (the run would read its own outputs as input, and
+    see them change while it reads). The built-in data (no --data) lives under the root by
+    design."""
+    if within(root, serving_dir) or within(serving_dir, root):
+        which = (f"The pipeline root {root} and the serving directory {serving_dir} are the same "
+                 f"folder" if within(root, serving_dir) and within(serving_dir, root) else
+                 f"The pipeline root {root} is inside the serving directory {serving_dir}"
+                 if within(root, serving_dir) else
+                 f"The serving directory {serving_dir} is inside the pipeline root {root}")
+        raise UserError(
+            f"{which}, so the run's own folders, store and lock would mix with the served model "
+            f"versions; pass a --pipeline-root and a --serving-dir side by side (for example "
+            f"fer/root and fer/serving).")
+    if not data or remote(data) != remote(root):
+        return
+    folder = _data_folder(data)
+    if folder and within(root, folder):
+        where = "is" if within(folder, root) else f"is inside {folder},"
+        raise UserError(
+            f"The pipeline root {root} {where} the folder the input {data} is read from, so the "
+            f"run would read its own outputs as input; pass a --pipeline-root outside it.")
+
+
+def _data_folder(data: str) -> str | None:
+    """The folder --data reads from: the folder itself, or a glob's folder before its first
+    wildcard; None for a single file (nothing else in its folder is read)."""
+    parts = data.rstrip("/").split("/")
+    wild = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
+    if wild is None:
+        return data if is_dir(data) else None
+    return "/".join(parts[:wild]) or ("/" if wild else ".")

@@ -17,12 +17,20 @@ class IntegrityError(Exception):
 
 
 # Failures of the machine rather than of the code, as the OS words them. Beam and TensorFlow
-# re-raise them as their own exception types, so they are recognised by their words too.
+# re-raise them as their own exception types, so they are recognised by their words too; ML
+# Metadata passes on SQLite's own words, which carry no errno (keyed by name).
 _DISK_ERRORS = {
     errno.ENOSPC: ("No space left on device", "free space there"),
     errno.EDQUOT: ("Disk quota exceeded", "free space there or raise the quota"),
     errno.EROFS: ("Read-only file system", "make it writable"),
     errno.EACCES: ("Permission denied", "give this user write access"),
+    errno.EPERM: ("Operation not permitted", "give this user write access"),
+    "SQLITE_FULL": ("database or disk is full", "free space there"),
+    "SQLITE_READONLY": ("attempt to write a readonly database",
+                        "give this user write access to the metadata store and its folder"),
+    "SQLITE_CANTOPEN": ("unable to open database file",
+                        "give this user read and write access to the metadata store and its "
+                        "folder"),
 }
 
 
@@ -39,7 +47,9 @@ def disk_error(e: BaseException, where: str) -> UserError | None:
             if getattr(cause, "errno", None) == code or words in text:
                 line = next((s for s in text.splitlines() if words in s), text.strip())
                 at = max(line.find(words), 0)
-                detail = ("..." if at > 150 else "") + line[max(at - 150, 0):at + 150].strip()
+                end = line.find(" query:", at)  # ML Metadata's SQL after SQLite's words
+                detail = ("..." if at > 150 else "") + line[max(at - 150, 0):min(
+                    at + 150, end if end > 0 else len(line))].strip()
                 return UserError(
                     f"The run stopped: {words.lower()} ({detail}). It writes to {where}: {fix}, "
                     f"then run again. Finished steps are reused, the unfinished one starts over, "

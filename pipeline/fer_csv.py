@@ -5,9 +5,14 @@ module, so they accept and reject exactly the same rows for the same reasons.
 """
 import csv
 import dataclasses
+import errno
+import glob as _glob
 import gzip
 import hashlib
 import io
+import os
+import stat
+import typing
 from typing import BinaryIO, Iterator
 
 import numpy as np
@@ -43,11 +48,39 @@ class TooLongLine:
     length: int
 
 
-def input_files(data: str | list[str]) -> list[str]:
-    """The files `data` names: CSV paths, folders of shards or globs, local or remote; hidden
-    files are skipped. Raises UserError when nothing matches."""
-    import os
+class NoInput(UserError):
+    """Nothing matches the input's paths."""
 
+
+class Inputs(typing.NamedTuple):
+    files: list[str]                  # the files read, sorted
+    skipped: list[tuple[str, str]]    # (path, why) of the entries of a folder or glob not read
+
+
+def input_files(data: str | list[str]) -> list[str]:
+    """The files `data` names: CSV paths, folders of shards or globs, local or remote. Hidden
+    files are skipped silently; any other entry that is not read (a subfolder, a broken link) is
+    said once per process on a line "skipped: ...". Raises NoInput when nothing matches, and
+    UserError for a local entry that is not a regular file (a named pipe would block a reader
+    forever)."""
+    return said(list_inputs(data)).files
+
+
+def said(found: Inputs) -> Inputs:
+    """Print each skipped entry on a line "skipped: <path> (<why>)", once per process (the run
+    lists its input more than once)."""
+    for entry in found.skipped:
+        if entry not in _said:
+            _said.add(entry)
+            print(f"skipped: {entry[0]} ({entry[1]})", flush=True)
+    return found
+
+
+_said: set[tuple[str, str]] = set()
+
+
+def list_inputs(data: str | list[str]) -> Inputs:
+    """input_files, with the entries it does not read and why, for a caller to record."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline import artifacts
@@ -60,12 +93,58 @@ def input_files(data: str | list[str]) -> list[str]:
         found, why = [], f" ({e})"
     else:
         why = ""
-    paths = sorted({m.path for m in found if not os.path.basename(m.path).startswith(".")})
+    paths = sorted({m.path for m in found if not _hidden(m.path)})
     if not paths:
-        raise UserError(
+        raise NoInput(
             f"No input file matches {data!r}{why}. Check the path; pass one CSV, a directory of "
             f"CSV shards, or a quoted glob such as 'data/*.csv.gz'.")
-    return paths
+    for path in paths:
+        _regular(path)
+    read = set(paths)
+    skipped = sorted({(path, _why_not_read(path)) for pattern in patterns
+                      if not artifacts.remote(pattern) for path in _glob.glob(pattern)
+                      if path not in read and not _hidden(path)})
+    return Inputs(paths, skipped)
+
+
+def _hidden(path: str) -> bool:
+    return os.path.basename(path).startswith(".")
+
+
+_KINDS = {stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISSOCK: "a socket",
+          stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+          stat.S_ISDIR: "a folder"}
+
+
+def _regular(path: str) -> None:
+    """Refuse a local input that is not a regular file, by its type, before anything opens it:
+    opening a named pipe waits for a writer, reading a device may never end."""
+    if "://" in path:
+        return  # object storage holds only objects
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # gone since it was listed: the fingerprint and ExampleGen say so
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS.items() if test(mode)), "not a regular file")
+        raise UserError(
+            f"The input {path} is {kind}, not a regular file, and is never read (it could block "
+            f"the run forever); pass CSV files, or a folder or glob of them only.")
+
+
+def _why_not_read(path: str) -> str:
+    """Why an entry of a local folder or glob is not an input."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return f"a broken symbolic link to {os.readlink(path)}"
+        return e.strerror or str(e)
+    if os.path.isdir(path):
+        return "a folder: only the files directly in the input folder are read"
+    return "not listed by Beam's file system"
 
 
 def open_binary(path: str) -> tuple[BinaryIO, bool]:

@@ -28,7 +28,7 @@ from ml_metadata.proto import metadata_store_pb2 as mlmd
 from pipeline import artifacts
 from pipeline.artifact_types import (DATA_FILE, EXAMPLES, PUSHED_MODEL, SERVING_MODEL,
                                      STATISTICS, ArtifactType)
-from pipeline.errors import IntegrityError, UserError
+from pipeline.errors import IntegrityError, UserError, disk_error
 
 _CODE_DIRS = ("components", "pipeline")
 
@@ -64,14 +64,15 @@ def source_commit() -> str:
 
 
 def file_fingerprints(data: str | list[str]) -> dict[str, str]:
-    """sha256 of the raw bytes of every file the input names (files, folders or globs)."""
+    """sha256 of the raw bytes of every file the input names (files, folders or globs). An
+    entry that is not a regular file is refused (UserError) before anything opens it."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline import fer_csv
 
     try:
         paths = fer_csv.input_files(data)
-    except UserError:  # nothing matched: ExampleGen says so, in its own words
+    except fer_csv.NoInput:  # nothing matched: ExampleGen says so, in its own words
         return {}
     prints = {}
     for path in paths:
@@ -158,10 +159,16 @@ def store_connection(root: str | Path, config_file: str | None = None) -> Connec
     return Connection(config, where, float(lease))
 
 
+_SQLITE_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database file
+
+
 def _connect(connection: Connection, read_only: bool = False) -> metadata_store.MetadataStore:
     config = mlmd.ConnectionConfig()
     config.CopyFrom(connection.config)
     if not connection.shared:
+        _check_sqlite(connection)
+        if not read_only and not os.path.exists(connection.where):
+            _create_sqlite(connection)
         config.sqlite.connection_mode = (mlmd.SqliteMetadataSourceConfig.READONLY if read_only
                                          else mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE)
     for attempt in range(3):
@@ -176,6 +183,58 @@ def _connect(connection: Connection, read_only: bool = False) -> metadata_store.
             raise _connect_error(connection, e) from None
 
 
+def _check_sqlite(connection: Connection) -> None:
+    """A SQLite store that is there must be one: SQLite takes an empty file for a new database,
+    so a store emptied or cut to nothing (a failed copy, a full disk, a restore gone wrong)
+    would silently start over, every step running again and pushing a duplicate version.
+    Nothing of this pipeline leaves an empty store (_create_sqlite). Damage further in is
+    SQLite's to find (a file shorter than its header says is "malformed")."""
+    try:
+        with open(connection.where, "rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise UserError(f"The metadata store {connection.where} is a folder, not a SQLite file; "
+                        f"move it out of the way.") from None
+    except OSError as e:  # unreadable: a permission or disk problem, not damage
+        raise disk_error(e, os.path.dirname(connection.where)) or e
+    if head != _SQLITE_HEADER:
+        raise _damaged(connection.where, "it is empty" if not head else
+                       "it does not start with SQLite's header: not a SQLite database")
+
+
+def _create_sqlite(connection: Connection) -> None:
+    """Make a new store whole under a hidden name, then rename it into place: a run killed, or
+    a disk that fills, while its tables are being made leaves no empty or half-made store."""
+    path = connection.where
+    staged = artifacts.staging_path(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for leftover in (staged, staged + "-journal"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    config = mlmd.ConnectionConfig()
+    config.CopyFrom(connection.config)
+    config.sqlite.filename_uri = staged
+    config.sqlite.connection_mode = mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    try:
+        store = metadata_store.MetadataStore(config)
+    except RuntimeError as e:
+        raise _connect_error(connection, e) from None
+    del store  # closes the database
+    artifacts.flush(Path(staged))
+    os.replace(staged, path)
+    artifacts.flush(Path(path).parent, recursive=False)
+
+
+def _damaged(path: str, why: str) -> IntegrityError:
+    return IntegrityError(
+        f"The metadata store {path} is damaged ({why}). Restore it from a backup if there is "
+        f"one; otherwise move it aside (mv {path} {path}.damaged) and run again: a new store is "
+        f"started without the old lineage, so every step runs once more; the outputs on disk "
+        f"and the serving directory are kept.")
+
+
 def _connect_error(connection: Connection, e: RuntimeError) -> Exception:
     if connection.shared:
         return UserError(
@@ -183,13 +242,12 @@ def _connect_error(connection: Connection, e: RuntimeError) -> Exception:
             f"the server is up and reachable and that the --metadata-config file names its host, "
             f"port, database, user and password (ML Metadata needs a mysql_native_password user; "
             f"write the host as 127.0.0.1, not localhost, for a server on this machine).")
+    full_or_forbidden = disk_error(e, os.path.dirname(connection.where))
+    if full_or_forbidden:  # not damage: moving the store aside would lose its lineage
+        return full_or_forbidden
     parts = str(e).split(" query:")  # MLMD's word for a damaged SQLite file:
     why = parts[1].strip() if len(parts) > 2 else str(e)[:200]  # "...query: <why> query: <sql>"
-    path = connection.where
-    return IntegrityError(
-        f"The metadata store {path} is damaged ({why}). Move it aside (mv {path} "
-        f"{path}.damaged) and run again: a new store is started, so every step runs once "
-        f"more; the outputs on disk and the serving directory are kept.")
+    return _damaged(connection.where, why)
 
 
 @contextlib.contextmanager
@@ -197,8 +255,8 @@ def exclusive(root: str, connection: Connection):
     """Hold the root for one run, or raise artifacts.Busy: a lock file beside a SQLite store;
     a lease in a shared store's database (machines share no lock file). Yields the lease
     (None for the lock file)."""
-    if not connection.shared:  # beside the SQLite file: <root>/.lock by default
-        with artifacts.lock(Path(connection.where).parent / ".lock", wait=False):
+    if not connection.shared:  # beside the SQLite file: <root>/.run.lock by default
+        with artifacts.lock(Path(connection.where).parent / artifacts.RUN_LOCK, wait=False):
             yield None
         return
     lease = Lease(connection, str(root))

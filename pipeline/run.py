@@ -131,6 +131,7 @@ def check_beam_args(beam_args) -> None:
 def run(args, beam_args) -> None:
     settings = config.resolve(args)  # every config file and flag checked before any work
     root = artifacts.absolute(args.pipeline_root)
+    artifacts.check_layout(root, args.serving_dir, args.data)  # before the root is made or held
     try:
         artifacts.makedirs(root)
     except (FileExistsError, NotADirectoryError):

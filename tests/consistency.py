@@ -66,7 +66,7 @@ def check(root: Path, serving_dir: Path, model_name: str = "fer") -> dict:
     partials = [n for n in entries if n.startswith(".partial-")]
     for name in entries:
         path = model_root / name
-        if name == ".lock" or name in partials:
+        if name == ".push.lock" or name in partials:
             continue
         if not (name.isdigit() and int(name) in versions):
             problems.append(f"{path} is in the serving directory but is not a complete version")

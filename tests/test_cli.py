@@ -35,8 +35,8 @@ def run_here(capsys, monkeypatch):
 
 
 def test_user_error_is_one_paragraph_without_traceback(tmp_path):
-    result = run_cli("--data", str(tmp_path / "missing.csv"), "--pipeline-root", str(tmp_path),
-                     cwd=tmp_path)
+    result = run_cli("--data", str(tmp_path / "missing.csv"), "--pipeline-root",
+                     str(tmp_path / "root"), cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: No input file matches")  # and nothing else

@@ -203,7 +203,7 @@ def test_pusher_versions_are_atomic_increasing_never_overwritten_nor_repeated(tm
     assert pusher.run(model, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 1
     assert pusher.run(other, str(serving_dir), "fer", blessed, str(tmp_path))["version"] == 2
     assert (serving_dir / "fer" / "1" / "saved_model.pb").stat().st_mtime_ns == first
-    assert sorted(p.name for p in (serving_dir / "fer").iterdir()) == [".lock", "1", "2", "7"]
+    assert sorted(p.name for p in (serving_dir / "fer").iterdir()) == [".push.lock", "1", "2", "7"]
     assert serving.latest(serving_dir, "fer") == str(serving_dir / "fer" / "2")
     loaded = tf.saved_model.load(str(serving_dir / "fer" / "2"))
     assert "serving_default" in loaded.signatures

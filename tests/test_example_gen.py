@@ -47,6 +47,22 @@ def test_usage_maps_to_splits_and_examples_round_trip(tmp_path, config):
     assert saved["written"] == counts["written"]
 
 
+def test_entries_of_the_folder_that_are_not_read_are_recorded(tmp_path, config, capsys):
+    data = tmp_path / "drop"
+    data.mkdir()
+    write_csv(data / "a.csv", valid_rows(6))
+    (data / "gone.csv").symlink_to(data / "moved.csv")
+    (data / "older").mkdir()
+    counts = example_gen.run(str(data), str(tmp_path / "out"), config)
+    assert list(counts["files"]) == [str(data / "a.csv")] and counts["rows_read"] == 6
+    skipped = {str(data / "gone.csv"): f"a broken symbolic link to {data / 'moved.csv'}",
+               str(data / "older"): "a folder: only the files directly in the input folder are "
+                                    "read"}
+    assert counts["skipped"] == skipped
+    assert json.loads((tmp_path / "out" / "counts.json").read_text())["skipped"] == skipped
+    assert f"skipped: {data / 'gone.csv'} (a broken symbolic link" in capsys.readouterr().out
+
+
 def test_two_column_file_is_hash_split_deterministically(tmp_path, config):
     data = write_csv(tmp_path / "fer.csv", valid_rows(200, usage=False), header="emotion,pixels")
     first = example_gen.run(str(data), str(tmp_path / "a"), config)

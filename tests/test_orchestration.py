@@ -94,7 +94,7 @@ def test_lineage_names_the_data_and_parameters_of_a_served_version(setup, first)
 
 def test_a_second_run_on_a_busy_root_exits_with_a_clear_message(setup, first):
     base, data, gates = setup
-    with open(base / "root" / ".lock", "a+") as held:
+    with open(base / "root" / ".run.lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = subprocess.run(command(base, data, gates), capture_output=True, text=True,
                                 timeout=120)
