@@ -281,10 +281,10 @@ def test_predict_reads_images_and_csv(tmp_path, capsys):
     assert "Neutral 0.11" in lines[0]
 
     missing = predict_here(tmp_path / "x.png", model=tmp_path / "nowhere")
-    assert missing.returncode == 2 and "neither a SavedModel" in missing.stderr
+    assert missing.returncode == 2 and "neither a SavedModel" in " ".join(missing.stderr.split())
     (tmp_path / "notes.txt").write_text("hello")
     other = predict_here(tmp_path / "notes.txt")
-    assert other.returncode == 2 and "neither an image" in other.stderr
+    assert other.returncode == 2 and "neither an image" in " ".join(other.stderr.split())
     assert "Traceback" not in missing.stderr + other.stderr
 
 
