@@ -69,6 +69,8 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     rows_read = sum(lines_by_file.values())
     if rows_read == 0:
         raise UserError(f"{data} holds only header lines, no rows. Pass CSV files with data.")
+    print(f"ExampleGen: {rows_read:,} rows in {len(files)} file(s), {len(chunks)} chunk(s) of "
+          f"up to {config.chunk_bytes / 2**20:.0f} MiB read in parallel", flush=True)
 
     result = _run_beam(chunks, output_dir, config, beam_args)
     counters = {r.key.metric.name: r.committed for r in

@@ -62,26 +62,41 @@ def _parser() -> argparse.ArgumentParser:
         help="tf.distribute strategy for the Trainer: default (one device), mirrored (all GPUs "
              "of this machine), multi_worker (MultiWorkerMirroredStrategy; the cluster comes "
              "from TF_CONFIG, and the other workers run python -m components.trainer)")
+    parser.add_argument(
+        "--quiet", action="store_true",
+        help="print only the verdict (Evaluator, Pusher), what ends the run, and errors")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="json: one JSON event per line on stdout (run, step started/running/finished, "
+             "log lines labelled with their step, run finished or failed), for schedulers")
     return parser
 
 
 def main(argv=None) -> int:
+    from pipeline.progress import Progress
+
     pipeline.quiet()
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's stop
         signal.signal(signum, _stop)
+    progress = Progress(args.log_format, args.quiet)
     try:
         check_beam_args(beam_args)
-        run(args, beam_args)
+        with progress.capture():
+            run(args, beam_args, progress)
     except (UserError, IntegrityError) as e:
-        return report_error(e)
+        error = e
     except Exception as e:
         error = disk_error(e, f"the pipeline root {args.pipeline_root} and the serving directory "
                               f"{args.serving_dir}")
         if error is None:
+            progress.failed(f"{type(e).__name__}: {e}", 1)
             raise
-        return report_error(error)
-    return 0
+    else:
+        return 0
+    code = report_error(error)
+    progress.failed(str(error), code)
+    return code
 
 
 def _stop(signum, frame):
@@ -128,22 +143,28 @@ def check_beam_args(beam_args) -> None:
                         f"pipeline's flags.")
 
 
-def run(args, beam_args) -> None:
+def run(args, beam_args, progress=None) -> None:
+    from pipeline import fer_csv
+
     settings = config.resolve(args)  # every config file and flag checked before any work
     root = artifacts.absolute(args.pipeline_root)
     artifacts.check_layout(root, args.serving_dir, args.data)  # before the root is made or held
+    data = _newest_spans(args.data, args.spans) if args.data else None
+    if data:
+        fer_csv.input_files(data)  # no input: said before anything is made
     try:
         artifacts.makedirs(root)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"The pipeline root {root} cannot be a folder: a file of that name (or "
                         f"above it) is in the way. Pass another --pipeline-root.") from None
     from pipeline import metadata
+    from pipeline.progress import Progress
 
     connection = metadata.store_connection(root, args.metadata_config)
     try:
         with metadata.exclusive(root, connection) as lease:
-            Run(Context(settings, args, tuple(beam_args), root),
-                metadata.Store(root, connection, lease)).all()
+            Run(Context(settings, args, tuple(beam_args), root, data),
+                metadata.Store(root, connection, lease), progress or Progress()).all()
     except artifacts.Busy as holder:
         raise UserError(f"Another run is using the pipeline root {root} ({holder}). Wait for it "
                         f"to finish, or give this run its own --pipeline-root.") from None
@@ -156,6 +177,8 @@ class Context(typing.NamedTuple):
     args: argparse.Namespace
     beam_args: tuple[str, ...]
     root: str
+    data: str | list[str] | None = None  # the input (the newest spans of a folder of them);
+    #                                       None: the built-in faces
 
 
 class Output(typing.NamedTuple):
@@ -263,10 +286,11 @@ class Run:
     """One run of the pipeline over a root: binds each step's inputs, runs it as a recorded,
     cached execution (pipeline.metadata) and keeps its output for the steps after it."""
 
-    def __init__(self, context: Context, store):
+    def __init__(self, context: Context, store, progress):
         from pipeline import metadata
 
         self.context, self.store, self.code = context, store, metadata.code_version()
+        self.progress = progress
         self.outputs: dict[str, Output] = {}
         self.resolved: dict[str, typing.Any] = {}
 
@@ -275,21 +299,24 @@ class Run:
         if interrupted:
             print(f"Metadata: execution(s) {', '.join(map(str, interrupted))} of an earlier run "
                   f"that was interrupted are now marked FAILED")
-        args = self.context.args
+        args, progress = self.context.args, self.progress
         for step in steps():
             if step.when(self.context):
-                inputs = self.bind(step)
-                output = self.execute(step, inputs)
-                print(step.say(self.context, output, **inputs))
+                with progress.running(step.name):
+                    inputs = self.bind(step)
+                    output = self.execute(step, inputs)
+                progress.finished(step.name, step.say(self.context, output, **inputs),
+                                  output.cached, output.uri)
                 ending = step.then(self.context, output, **inputs)
                 if ending:
-                    print(ending)
+                    progress.message(ending)
                     break
             if step.name == args.stop_after:
                 break
         config = f" --metadata-config {args.metadata_config}" if args.metadata_config else ""
-        print(f"Metadata: {self.store.where} (python -m pipeline.lineage "
-              f"--pipeline-root {self.context.root} --serving-dir {args.serving_dir}{config})")
+        progress.end(f"Metadata: {self.store.where} (python -m pipeline.lineage "
+                     f"--pipeline-root {self.context.root} --serving-dir {args.serving_dir}"
+                     f"{config})")
 
     def bind(self, step: Step) -> dict[str, typing.Any]:
         """Each input: an earlier step's Output (None if that step did not run), or what its
@@ -341,6 +368,8 @@ class Run:
         except BaseException as e:
             try:
                 self.store.fail(execution, f"{type(e).__name__}: {e}")
+                print(f"{step.name}: FAILED; recorded in ML Metadata (execution {execution.id}) "
+                      f"with its reason; its folder {folder} is never reused")
                 for _, output in upstream:  # a failure may come from damaged inputs: retire them
                     [artifact] = self.store.store.get_artifacts_by_id([output.artifact])
                     if artifacts.is_dir(output.uri) and not self.store.intact(output.uri,
@@ -369,8 +398,7 @@ def _data_files(run: Run) -> list[Output]:
     """The input files, one artifact per path and content: the data ExampleGen reads."""
     from pipeline import metadata
 
-    args = run.context.args
-    data = _newest_spans(args.data, args.spans) if args.data else _default_data(run.context.root)
+    data = run.context.data or _default_data(run.context.root)
     prints = metadata.file_fingerprints(data)
     if not prints:
         from pipeline import fer_csv
@@ -646,6 +674,11 @@ def _evaluate(context: Context, out: str, model: Output, examples: Output,
               earlier: list[Output], baseline: Output | None) -> dict:
     from components import evaluator
 
+    split = context.settings.evaluation.split
+    sources = [examples, *earlier]
+    print(f"Evaluator: scoring {sum(o.result['written'].get(split, 0) for o in sources):,} "
+          f"{split} examples from {len(sources)} run(s)"
+          + (f" and the serving model on the same ones" if baseline else ""), flush=True)
     return evaluator.run(model.result["serving_model"], [examples.uri, *(o.uri for o in earlier)],
                          out, context.settings.evaluation, context.settings.ingest.classes,
                          baseline and baseline.uri, context.beam_args)
@@ -730,7 +763,19 @@ def _newest_spans(data: str, window: int) -> str | list[str]:
         return data
     chosen = spans[-window:]
     print(f"Spans: {', '.join(chosen)} (the newest {len(chosen)} of {len(spans)} in {data})")
-    return [artifacts.join(data, name) for name in chosen]
+    empty = [name for name in chosen if not [
+        f for f in artifacts.listdir(artifacts.join(data, name)) if not f.startswith(".")]]
+    if empty:
+        print(f"Spans: {', '.join(empty)} hold(s) no file: this run reads "
+              f"{len(chosen) - len(empty)} span(s), not {len(chosen)}")
+    if len(empty) == len(chosen):
+        raise UserError(f"The newest {len(chosen)} span(s) of {data} ({', '.join(chosen)}) hold "
+                        f"no file. Let the drop finish, or pass a larger --spans.")
+    others = [name for name in artifacts.listdir(data) if name not in spans
+              and not name.startswith(".")]
+    if others:
+        print(f"Spans: not read, being outside span-YYYYMMDD folders: {', '.join(others)}")
+    return [artifacts.join(data, name) for name in chosen if name not in empty]
 
 
 def _default_data(root: str) -> str:

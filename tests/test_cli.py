@@ -1,5 +1,6 @@
 """The command line as a user meets it: a real subprocess, exit codes and messages (its main() in
 this process where a test makes several runs of it)."""
+import json
 import signal
 import subprocess
 import sys
@@ -89,3 +90,43 @@ def test_beam_flags_reach_beam_and_typos_are_refused(tmp_path, run_here):
     assert typo.returncode == 2 and "WARNING" not in typo.stderr
     assert "--pipline-root (did you mean --pipeline-root?)" in " ".join(typo.stderr.split())
     assert not (tmp_path / "root").exists()  # both refused before any work
+
+
+def test_each_step_says_when_it_starts_and_how_long_it_took(tmp_path, run_here):
+    data = write_csv(tmp_path / "faces.csv", valid_rows(60))
+    args = ("--data", str(data), "--pipeline-root", str(tmp_path / "root"),
+            "--stop-after", "StatisticsGen")
+    text = run_here(*args, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == "ExampleGen: started"
+    assert "ExampleGen: 60 rows in 1 file(s)" in text.stdout  # the size of the work, up front
+    for step in ("ExampleGen", "StatisticsGen"):
+        assert any(line.startswith(f"{step}: done in ") for line in lines)
+    table = lines.index(next(line for line in lines if line.startswith("Time per step (")))
+    assert [line.split()[0] for line in lines[table + 1:table + 3]] == ["ExampleGen",
+                                                                       "StatisticsGen"]
+
+    again = run_here(*args, "--log-format", "json", cwd=tmp_path)  # reused, for a scheduler
+    events = [json.loads(line) for line in again.stdout.splitlines()]  # every line is JSON
+    assert [e["event"] for e in events if e["event"] != "log"] == [
+        "step_started", "step_finished", "step_started", "step_finished", "run_finished"]
+    finished = [e for e in events if e["event"] == "step_finished"]
+    assert [(e["step"], e["cached"]) for e in finished] == [("ExampleGen", True),
+                                                            ("StatisticsGen", True)]
+    assert {"ExampleGen", "StatisticsGen"} == set(events[-1]["steps"])
+    reuse = [e for e in events if e["event"] == "log" and "reusing" in e["message"]]
+    assert [e["step"] for e in reuse] == ["ExampleGen", "StatisticsGen"]  # labelled
+
+    quiet = run_here(*args, "--quiet", cwd=tmp_path)  # no verdict step ran: nothing to say
+    assert quiet.returncode == 0 and quiet.stdout == ""
+
+
+def test_a_failed_run_is_an_event_and_leaves_nothing_behind(tmp_path, run_here):
+    result = run_here("--data", str(tmp_path / "missing.csv"), "--pipeline-root",
+                      str(tmp_path / "root"), "--log-format", "json", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: No input file matches")
+    [event] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert event["event"] == "run_failed" and event["exit_code"] == 2
+    assert "missing.csv" in event["error"]
+    assert not (tmp_path / "root").exists()  # no root, store or empty execution folder
