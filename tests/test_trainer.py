@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -252,3 +254,21 @@ print(json.dumps(s))
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["distribution"] == "mirrored" and summary["replicas"] == 2
     assert summary["epochs_run"] == 1
+
+
+def test_the_readme_tf_serving_request_fits_the_exported_signature(trained):
+    """The README's REST body, its placeholder filled with a CSV row's pixels, answered by the
+    signature it names as TF Serving would call it (each instance's keys: the inputs)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [line] = [l.strip() for l in readme.splitlines() if l.strip().startswith('{"signature_name"')]
+    pixels = " ".join(str(v) for v in np.random.default_rng(3).integers(0, 256, 2304))
+    body = json.loads(re.sub(r"<[^>]*>", pixels, line))
+    model = tf.saved_model.load(str(trained[1] / "serving_model"))
+    signature = model.signatures[body["signature_name"]]
+    inputs = signature.structured_input_signature[1]
+    [instance] = body["instances"]
+    assert set(instance) == set(inputs)
+    answer = signature(**{name: tf.constant([instance[name]], dtype=spec.dtype)
+                          for name, spec in inputs.items()})
+    assert {"probabilities", "class_id", "class_name"} <= set(answer)
+    assert answer["probabilities"].shape == (1, 7)
