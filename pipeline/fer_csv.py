@@ -254,10 +254,11 @@ def parse_row(body: bytes, layout: Layout, config: IngestConfig
     raw_label = fields[layout.label].strip()
     if not raw_label:
         raise RowError(f"empty {config.label_column}")
-    if not raw_label.isdigit() or int(raw_label) >= len(config.classes):
+    digits = raw_label.lstrip(b"0") or b"0"  # bounded before int(): any length is a row error
+    if not raw_label.isdigit() or len(digits) > 9 or int(digits) >= len(config.classes):
         raise RowError(f"{config.label_column} {_show(raw_label)} is not a class id "
                        f"0-{len(config.classes) - 1}")
-    label = int(raw_label)
+    label = int(digits)
     pixels = parse_pixels(fields[layout.pixels], config)
 
     if layout.usage is None:

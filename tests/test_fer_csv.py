@@ -46,6 +46,8 @@ def test_quoted_fields_and_spaces_are_accepted(config):
     (f"3,{pixel_text(0)},Validation", "Usage 'Validation' is not one of Training, PublicTest, PrivateTest"),
     (f"3,{pixel_text(0)},Training,extra", "expected 3 fields (emotion,pixels,Usage), found 4"),
     (f"3,{pixel_text(0)}", "expected 3 fields (emotion,pixels,Usage), found 2"),
+    ("9" * 4301 + f",{pixel_text(0)},Training",  # past Python's int() limit: no ValueError
+     "emotion '9999999999999999999999999999999999999999...' is not a class id 0-6"),
 ])
 def test_bad_rows_name_their_reason(config, line, reason):
     with pytest.raises(fer_csv.RowError) as caught:
