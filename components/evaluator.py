@@ -39,8 +39,8 @@ from scipy.stats import norm
 from tfx_bsl.public import tfxio
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
-from pipeline.artifact_types import EVALUATION
 from pipeline import artifacts, serving
+from pipeline.artifact_types import EVALUATION
 from pipeline.config import LABEL_FEATURE, EvaluationConfig
 from pipeline.errors import UserError
 

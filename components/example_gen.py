@@ -31,8 +31,8 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.coders import example_coder
 
-from pipeline.artifact_types import EXAMPLES
 from pipeline import artifacts, fer_csv
+from pipeline.artifact_types import EXAMPLES
 from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE, IngestConfig
 from pipeline.errors import IntegrityError, UserError
 

@@ -36,19 +36,18 @@ import tensorflow_data_validation as tfdv
 from scipy import stats as scipy_stats
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
-from pipeline.artifact_types import ANOMALIES
 from pipeline import artifacts
+from pipeline.artifact_types import ANOMALIES
+from pipeline.config import LABEL_FEATURE
 from pipeline.errors import UserError
-
-LABEL = "emotion"
-
 
 class DataValidationError(UserError):
     """The data breaks the schema or drifted: the run must not train on it."""
 
 
 def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: dict,
-        previous_train_statistics: str | None = None, stop: bool = True) -> list[dict]:
+        previous_train_statistics: str | None = None, stop: bool = True,
+        train_split: str = "train") -> list[dict]:
     """Validate each split's statistics; return the findings, and raise if one must stop the run
     (stop=False: leave that to the caller, after the findings are shown; see stop_error)."""
     stats = {split: tfdv.load_stats_binary(path) for split, path in statistics.items()}
@@ -64,11 +63,11 @@ def run(statistics: dict[str, str], schema_path: str, output_dir: str, policy: d
         findings += _shares_tested(_findings(anomalies, "schema", split, comparators=False),
                                    schema, split_stats, level)
 
-    train, skew_only = stats.get("train"), _without(schema, "drift_comparator")
+    train, skew_only = stats.get(train_split), _without(schema, "drift_comparator")
     for split in policy["skew_against_train"]:
         if train is not None and split in stats:
             anomalies = tfdv.validate_statistics(train, skew_only, serving_statistics=stats[split])
-            findings += _tested(_findings(anomalies, "skew", f"train vs {split}", True),
+            findings += _tested(_findings(anomalies, "skew", f"{train_split} vs {split}", True),
                                 train, stats[split], level)
 
     drift_split, previous = policy["drift_split"], None
@@ -225,7 +224,7 @@ def _missing_classes(stats: dict, schema: schema_pb2.Schema, previous, level: fl
     (1.5% of FER2013) with probability 0.38. So each absence is weighed by the chance of it,
     (1 - share)^n, with the class's share in the previous validated train split (else in all
     splits now); a class seen nowhere is missing for real."""
-    feature = tfdv.get_feature(schema, LABEL)
+    feature = tfdv.get_feature(schema, LABEL_FEATURE)
     if not feature.HasField("int_domain") or not feature.int_domain.is_categorical:
         return []
     domain = range(feature.int_domain.min, feature.int_domain.max + 1)
@@ -243,7 +242,7 @@ def _missing_classes(stats: dict, schema: schema_pb2.Schema, previous, level: fl
         chance = {c: (1 - reference.get(c, 0) / total) ** size if total else 1.0
                   for c in missing}
         real = [c for c in missing if chance[c] < level or not reference.get(c)]
-        finding = {"check": "missing_class", "split": split, "feature": LABEL,
+        finding = {"check": "missing_class", "split": split, "feature": LABEL_FEATURE,
                    "type": "MISSING_CLASS", "p_value": max(chance.values()),
                    "what": f"no example of class(es) {missing} (domain {domain.start}-"
                            f"{domain.stop - 1})"}
@@ -259,4 +258,4 @@ def _missing_classes(stats: dict, schema: schema_pb2.Schema, previous, level: fl
 
 
 def _label_counts(statistics) -> dict[int, int]:
-    return {int(label): n for label, n in _counts(statistics, LABEL).items()}
+    return {int(label): n for label, n in _counts(statistics, LABEL_FEATURE).items()}

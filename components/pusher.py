@@ -11,8 +11,8 @@ or removed, and the model serving already is not pushed again: pushing is idempo
 import json
 from pathlib import Path
 
-from pipeline.artifact_types import PUSHED_MODEL
 from pipeline import artifacts, serving
+from pipeline.artifact_types import PUSHED_MODEL
 from pipeline.errors import UserError
 from pipeline.metadata import tree_fingerprint
 

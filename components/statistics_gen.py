@@ -9,7 +9,7 @@ their statistics make such datasets visible to the schema and to drift checks.
 Output layout (output_dir):
     Split-<split>/FeatureStats.pb    DatasetFeatureStatisticsList (binary), as TFX writes it
     Split-<split>/statistics.html    TFDV's Facets view of the split
-    train_vs_<split>.html            the split side by side with train
+    <train>_vs_<split>.html          the split side by side with the train split
 """
 import os
 from typing import Sequence
@@ -22,14 +22,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_data_validation.utils.display_util import get_statistics_html
 from tfx_bsl.public import tfxio
 
-from pipeline.artifact_types import STATISTICS
 from pipeline import artifacts
+from pipeline.artifact_types import STATISTICS
 from pipeline.config import PIXELS_FEATURE
 from pipeline.errors import UserError
 
 
 def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dict,
-        schema=None, beam_args: Sequence[str] = ()) -> dict[str, str]:
+        schema=None, beam_args: Sequence[str] = (), train_split: str = "train") -> dict[str, str]:
     """Compute statistics of each split of ExampleGen's output; return the stats file per split.
 
     With a schema (the curated one), TFDV treats categorical int features, such as the
@@ -50,7 +50,7 @@ def run(examples_dir: str, output_dir: str, splits: Sequence[str], exposure: dic
                  | f"ImageFeatures-{split}" >> beam.Map(add_image_features, exposure)
                  | f"Stats-{split}" >> tfdv.GenerateStatistics(options)
                  | f"Write-{split}" >> tfdv.WriteStatisticsToBinaryFile(paths[split]))
-    _write_html(paths, output_dir)
+    _write_html(paths, output_dir, train_split)
     return paths
 
 
@@ -90,15 +90,15 @@ def _one_per_row(values: np.ndarray, present: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), array)
 
 
-def _write_html(paths: dict[str, str], output_dir: str) -> None:
+def _write_html(paths: dict[str, str], output_dir: str, train: str) -> None:
     stats = {split: tfdv.load_stats_binary(path) for split, path in paths.items()}
     for split, split_stats in stats.items():
         artifacts.write_text(
             STATISTICS.path(output_dir, "view", split),
             get_statistics_html(split_stats, lhs_name=split))
-    if "train" in stats:
-        for split in stats.keys() - {"train"}:
-            artifacts.write_text(os.path.join(output_dir, f"train_vs_{split}.html"),
-                   get_statistics_html(stats["train"], stats[split], lhs_name="train",
+    if train in stats:
+        for split in stats.keys() - {train}:
+            artifacts.write_text(os.path.join(output_dir, f"{train}_vs_{split}.html"),
+                   get_statistics_html(stats[train], stats[split], lhs_name=train,
                                        rhs_name=split))
 

@@ -47,8 +47,8 @@ import tf_keras as keras
 
 from components.model import build_cnn, compile_cnn
 import pipeline
-from pipeline.artifact_types import MODEL
 from pipeline import artifacts
+from pipeline.artifact_types import MODEL
 from pipeline.config import (LABEL_FEATURE, PIXELS_FEATURE, IngestConfig, TrainerConfig,
                              add_flags, resolve)
 from pipeline.errors import IntegrityError, UserError, report_error
@@ -129,7 +129,7 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
         "distribution": distribution,
         "replicas": strategy.num_replicas_in_sync,
         "config": dataclasses.asdict(config),
-        "examples_per_split": {s: int(c.sum()) for s, c in counts.items()},
+        "examples_per_split": {ingest.split_roles[r]: int(c.sum()) for r, c in counts.items()},
         "train_class_counts": dict(zip(ingest.classes, map(int, counts["train"]))),
         "class_weight": {ingest.classes[k]: round(v, 4) for k, v in (class_weight or {}).items()},
         "epochs_run": len(history),
@@ -150,14 +150,15 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
 
 def _splits(examples_dir: str, ingest: IngestConfig) -> tuple[dict, dict]:
     """The TFRecord files of the train and eval splits, and their label counts."""
-    files = {split: artifacts.example_files(examples_dir, split) for split in ("train", "eval")}
-    for split, paths in files.items():
+    files = {role: artifacts.example_files(examples_dir, split)
+             for role, split in ingest.split_roles.items()}  # train, eval: by role
+    for role, paths in files.items():
         if not paths:
             raise UserError(f"The Trainer found no TFRecords in "
-                            f"{artifacts.split_dir(examples_dir, split)}. Point it at a "
-                            f"completed ExampleGen output folder.")
-    return files, {split: _label_counts(paths, len(ingest.classes))
-                   for split, paths in files.items()}
+                            f"{artifacts.split_dir(examples_dir, ingest.split_roles[role])}. "
+                            f"Point it at a completed ExampleGen output folder.")
+    return files, {role: _label_counts(paths, len(ingest.classes))
+                   for role, paths in files.items()}
 
 
 def _backup(out: str) -> str:

@@ -15,8 +15,8 @@ import dataclasses
 import json
 
 from components import trainer
-from pipeline.artifact_types import HYPERPARAMETERS
 from pipeline import artifacts
+from pipeline.artifact_types import HYPERPARAMETERS
 from pipeline.config import IngestConfig, TrainerConfig, TunerConfig
 
 

@@ -308,6 +308,9 @@ INGEST = Obj({
     "columns": Obj({"label": _COLUMN, "pixels": _COLUMN, "usage": _COLUMN}),
     "usage_to_split": MapOf(_SPLIT_NAMES, 1, 100, "Usage values, each naming a split"),
     "hash_split": MapOf(Number(0, 1), 1, 100, "split shares"),
+    # The split the Trainer fits (and skew, drift and the data page compare against) and the one
+    # it watches for early stopping; the Evaluator's split is evaluation.json's.
+    "split_roles": Obj({"train": _SPLIT_NAMES, "eval": _SPLIT_NAMES}),
     "max_bad_row_fraction": Number(0, 1),
     "chunk_bytes": Whole(1 << 10, 1 << 30, note=" (1 KiB to 1 GiB)"),
     "records_per_shard": Whole(1, 10_000_000),
@@ -357,6 +360,7 @@ class IngestConfig:
     usage_column: str
     usage_to_split: dict[str, str]
     hash_split: dict[str, float]
+    split_roles: dict[str, str]
     max_bad_row_fraction: float
     chunk_bytes: int
     records_per_shard: int
@@ -370,6 +374,14 @@ class IngestConfig:
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self.hash_split)
+
+    @property
+    def train_split(self) -> str:
+        return self.split_roles["train"]
+
+    @property
+    def eval_split(self) -> str:
+        return self.split_roles["eval"]
 
     @classmethod
     def load(cls, path: str | Path | None = None, flags: dict | None = None) -> "IngestConfig":
@@ -385,6 +397,7 @@ class IngestConfig:
             usage_column=columns["usage"],
             usage_to_split=dict(raw["usage_to_split"]),
             hash_split={k: float(v) for k, v in raw["hash_split"].items()},
+            split_roles=dict(raw["split_roles"]),
             max_bad_row_fraction=float(raw["max_bad_row_fraction"]),
             **{name: raw[name] for name in ("chunk_bytes", "records_per_shard",
                                             "max_line_bytes", "quarantine_row_chars")})
@@ -411,6 +424,10 @@ class IngestConfig:
         columns = self.as_json()["columns"]
         if len({c.lower() for c in columns.values()}) < 3:  # the header's case is ignored
             problems.append(f"columns must name three different columns (got {columns})")
+        roles = self.split_roles
+        if not set(roles.values()) <= set(self.hash_split) or roles["train"] == roles["eval"]:
+            problems.append(f"split_roles must name two different splits of hash_split "
+                            f"({', '.join(self.hash_split)}) (got {roles})")
         bad = [s for s in self.hash_split if not _NAME.fullmatch(s)]
         if bad:  # each split becomes a folder Split-<name>
             problems.append(f"split names {bad} must be 1-64 letters, digits, '_', '.' or '-'")
@@ -661,14 +678,15 @@ VALIDATION = Obj({
 })
 
 
-def load_validation(splits, path: str | Path | None = None) -> dict:
-    """The ExampleValidator's policy (schemas/validation.json), checked against the splits."""
+def load_validation(splits, path: str | Path | None = None, train: str = "train") -> dict:
+    """The ExampleValidator's policy (schemas/validation.json), checked against the splits and
+    the train split's name (ingest.json's split_roles)."""
     policy, where = _load_file(VALIDATION, "validation.json", "Validation", path)
     problems = []
     skew = policy["skew_against_train"]
-    if not set(skew) <= set(splits) - {"train"}:
-        problems.append(f"skew_against_train must list splits other than train (the splits "
-                        f"are {', '.join(splits)}; got {skew!r})")
+    if not set(skew) <= set(splits) - {train}:
+        problems.append(f"skew_against_train must list splits other than the train split "
+                        f"{train} (the splits are {', '.join(splits)}; got {skew!r})")
     if policy["drift_split"] not in splits:
         problems.append(f"drift_split must be one of the splits {', '.join(splits)} "
                         f"(got {policy['drift_split']!r})")
@@ -796,7 +814,7 @@ def resolve(args) -> Settings:
     return Settings(
         ingest=ingest, trainer=trainer,
         evaluation=EvaluationConfig.load(ingest.classes, ingest.splits, args.evaluation_config),
-        validation=load_validation(ingest.splits, args.validation_config),
+        validation=load_validation(ingest.splits, args.validation_config, ingest.train_split),
         schema=str(schema.resolve()) if schema.is_file() else None,
         tuner=TunerConfig.load(args.tuner_config, trainer) if args.tune else None,
         tune=args.tune)

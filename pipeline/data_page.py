@@ -17,7 +17,8 @@ _FEATURES = (("mean_brightness", "mean brightness (0-255)"), ("contrast", "contr
 
 
 def write(path: str, statistics: dict[str, str], examples_dir: str, classes, image_size: int,
-          findings: list[dict] | None, tfdv_pages: dict[str, str]) -> str:
+          findings: list[dict] | None, tfdv_pages: dict[str, str],
+          train_split: str = "train") -> str:
     """The page at `path`: statistics {split: FeatureStats.pb}, the examples they describe, the
     findings of the ExampleValidator (None: it did not get to judge), TFDV's pages by split."""
     import tensorflow_data_validation as tfdv
@@ -29,8 +30,8 @@ def write(path: str, statistics: dict[str, str], examples_dir: str, classes, ima
                ("Per-image features, train vs eval vs test", _histograms(stats)),
                ("Exposure", _bars({s: _categories(d, "exposure") for s, d in stats.items()},
                                   None)),
-               (f"Sample faces of the train split ({FACES_PER_CLASS} per class)",
-                _faces(examples_dir, classes, image_size))]
+               (f"Sample faces of the {train_split} split ({FACES_PER_CLASS} per class)",
+                _faces(examples_dir, classes, image_size, train_split))]
     rows = "".join(
         f"<tr><td>{html.escape(s)}</td><td>{int(d.num_examples):,}</td>"
         + "".join(f"<td>{n:,}</td>" for n in counts[s]) + "</tr>" for s, d in stats.items())
@@ -122,13 +123,13 @@ def _histograms(stats: dict) -> str | None:
     return figure_png(figure)
 
 
-def _faces(examples_dir: str, classes, image_size: int) -> str | None:
+def _faces(examples_dir: str, classes, image_size: int, train_split: str) -> str | None:
     """The first faces of each class in the train split, one row per class."""
     import tensorflow as tf
 
     from pipeline.config import LABEL_FEATURE, PIXELS_FEATURE
 
-    files = artifacts.example_files(examples_dir, "train")
+    files = artifacts.example_files(examples_dir, train_split)
     if not files:
         return None
     spec = {LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64),

@@ -58,19 +58,23 @@ def generate(rows: int, seed: int):
         yield label, np.clip(np.rint(small * 255), 0, 255).astype(np.uint8), usage
 
 
-def write_csv(path: str | Path, rows: int, seed: int) -> str | Path:
-    """Write a FER2013-format CSV (gzip if the name ends in .gz); atomically, via a temp name
-    (on a local disk even when the CSV goes to object storage)."""
+def write_csv(path: str | Path, rows: int, seed: int,
+              ingest: IngestConfig | None = None) -> str | Path:
+    """Write a FER2013-format CSV (gzip if the name ends in .gz), its header the ingestion
+    config's column names; atomically, via a temp name (on a local disk even when the CSV goes to
+    object storage)."""
     if artifacts.remote(path):
         with tempfile.TemporaryDirectory() as local:
-            artifacts.publish(write_csv(Path(local, os.path.basename(path)), rows, seed), path)
+            artifacts.publish(write_csv(Path(local, os.path.basename(path)), rows, seed, ingest),
+                              path)
         return path
+    ingest = ingest or IngestConfig.load()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = artifacts.staging_path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(tmp, "wt", newline="") as f:
-        f.write("emotion,pixels,Usage\n")
+        f.write(f"{ingest.label_column},{ingest.pixels_column},{ingest.usage_column}\n")
         for label, image, usage in generate(rows, seed):
             f.write(f"{label},{' '.join(map(str, image.ravel().tolist()))},{usage}\n")
     artifacts.publish(tmp, path)

@@ -24,7 +24,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-root", default="pipeline_root", metavar="DIR")
     parser.add_argument("--serving-dir", default="serving", metavar="DIR")
-    parser.add_argument("--model-name", default="fer")
+    parser.add_argument("--model-name",
+                        help="default: model_name of the gating config (schemas/evaluation.json)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="default: the newest version")
     which.add_argument("--execution", metavar="FOLDER_OR_ID",
@@ -35,7 +36,10 @@ def main(argv=None) -> int:
                         help="the shared metadata database the runs used (as for pipeline.run)")
     args = parser.parse_args(argv)
     try:
-        print("\n".join(lineage(args.pipeline_root, args.serving_dir, args.model_name,
+        from pipeline.config import load_json
+
+        model_name = args.model_name or load_json("evaluation.json")["model_name"]
+        print("\n".join(lineage(args.pipeline_root, args.serving_dir, model_name,
                                 args.version, args.metadata_config, args.execution)))
     except (UserError, IntegrityError) as e:
         return report_error(e)

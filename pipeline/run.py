@@ -398,7 +398,7 @@ def _data_files(run: Run) -> list[Output]:
     """The input files, one artifact per path and content: the data ExampleGen reads."""
     from pipeline import metadata
 
-    data = run.context.data or _default_data(run.context.root)
+    data = run.context.data or _default_data(run.context.root, run.context.settings.ingest)
     prints = metadata.file_fingerprints(data)
     if not prints:
         from pipeline import fer_csv
@@ -430,7 +430,8 @@ def _serving_model(run: Run) -> Output | None:
     if path is None:
         return None
     content = metadata.tree_fingerprint(path)
-    return Output(str(path), {"content": content, "pushed_here": run.store.pushed(path) is not None},
+    pushed_here = run.store.pushed(path) is not None
+    return Output(str(path), {"content": content, "pushed_here": pushed_here},
                   run.store.model(path, content), metadata.fingerprint(str(path), content))
 
 
@@ -505,19 +506,20 @@ def _statistics(context: Context, out: str, examples: Output) -> dict:
     return statistics_gen.run(
         examples.uri, out, settings.ingest.splits, settings.validation["exposure"],
         schema_gen.load_curated(settings.schema) if settings.schema else None,
-        context.beam_args)
+        context.beam_args, settings.ingest.train_split)
 
 
 def _say_statistics(context: Context, output: Output, **_) -> str:
     return (f"StatisticsGen: statistics of {', '.join(output.result)} (TFDV's view, which needs "
-            f"the web: {STATISTICS.path(output.uri, 'view', 'train')})")
+            f"the web: {STATISTICS.path(output.uri, 'view', context.settings.ingest.train_split)})")
 
 
 def _schema(context: Context, out: str, statistics: Output):
     from components import schema_gen
 
-    return schema_gen.run(statistics.result["train"], out, context.settings.schema,
-                          context.settings.ingest.classes)
+    ingest = context.settings.ingest
+    return schema_gen.run(statistics.result[ingest.train_split], out, context.settings.schema,
+                          ingest.classes)
 
 
 def _say_schema(context: Context, output: Output, **_) -> str:
@@ -535,7 +537,7 @@ def _validate(context: Context, out: str, statistics: Output, schema: Output,
 
     return example_validator.run(statistics.result, schema.result[0], out,
                                  context.settings.validation, previous and previous.uri,
-                                 stop=False)
+                                 stop=False, train_split=context.settings.ingest.train_split)
 
 
 def _say_validation(context: Context, output: Output, previous: Output | None, **_) -> str:
@@ -562,7 +564,8 @@ def _data_page(context: Context, out: str, statistics: Output, examples: Output,
     return data_page.write(
         DATA_PAGE.path(out, "page"), statistics.result, examples.uri, ingest.classes,
         ingest.image_size, anomalies.result,
-        {split: STATISTICS.path(statistics.uri, "view", split) for split in statistics.result})
+        {split: STATISTICS.path(statistics.uri, "view", split) for split in statistics.result},
+        ingest.train_split)
 
 
 def _say_data_page(context: Context, output: Output, **_) -> str:
@@ -778,7 +781,7 @@ def _newest_spans(data: str, window: int) -> str | list[str]:
     return [artifacts.join(data, name) for name in chosen if name not in empty]
 
 
-def _default_data(root: str) -> str:
+def _default_data(root: str, ingest) -> str:
     from pipeline import default_data
     from pipeline.config import load_json
 
@@ -788,7 +791,7 @@ def _default_data(root: str) -> str:
     if not artifacts.exists(path):
         print(f"No --data given: drawing {spec['rows']:,} synthetic faces (seed {spec['seed']}) "
               f"into {path}")
-        default_data.write_csv(path, spec["rows"], spec["seed"])
+        default_data.write_csv(path, spec["rows"], spec["seed"], ingest)
     return path
 
 

@@ -43,7 +43,7 @@ def test_a_bad_file_is_named(tmp_path):
     ({"on_anomaly": {"schema": "stop", "skew": "stop", "drift": "ignore",
                      "missing_class": "stop"}}, "on_anomaly must set each of"),
     ({"drift_split": "holdout"}, "drift_split must be one of the splits"),
-    ({"skew_against_train": ["train"]}, "skew_against_train must list splits other than train"),
+    ({"skew_against_train": ["train"]}, "skew_against_train must list splits other than the train split train"),
     ({"exposure": {"dark_mean_below": 30}}, "exposure needs dark_mean_below"),
 ])
 def test_the_validation_policy_is_checked(tmp_path, change, complaint):

@@ -42,6 +42,8 @@ OUT_OF_BOUNDS = {
         ("hash_split", "train"): [-0.1, 1.5, 0.5, NAN],
         ("hash_split", "eval"): [-0.1, 0.3],
         ("hash_split", "test"): [-0.1, 0.3],
+        ("split_roles", "train"): ["holdout", "eval", "x" * 65],
+        ("split_roles", "eval"): ["holdout", "train"],
         ("max_bad_row_fraction",): [-0.01, 1.01, NAN, INF],
         ("chunk_bytes",): [-100, 0, 1023, 2**30 + 1, 8388608.5],
         ("records_per_shard",): [-1, 0, 10_000_001, 1.5],

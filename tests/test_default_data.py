@@ -55,3 +55,15 @@ def test_learnable_but_not_trivially(sample):
     majority = np.mean(labels[test] == np.bincount(labels[train]).argmax())
     assert accuracy > majority + 0.05, (accuracy, majority)
     assert accuracy < 0.9, accuracy
+
+
+def test_the_header_is_the_ingestion_configs(tmp_path):
+    """Column names come from the ingestion config the run uses, not from a second copy here."""
+    import dataclasses
+
+    from pipeline.config import IngestConfig
+
+    ingest = dataclasses.replace(IngestConfig.load(), label_column="Expression",
+                                 pixels_column="Image", usage_column="Set")
+    path = default_data.write_csv(tmp_path / "faces.csv", rows=3, seed=1, ingest=ingest)
+    assert path.read_text().splitlines()[0] == "Expression,Image,Set"

@@ -216,3 +216,29 @@ def test_an_eight_class_dataset_needs_only_its_ingestion_and_gating_configs(tmp_
     assert answer.returncode == 0, answer.stderr[-2000:]
     faces = json.loads(answer.stdout)["faces"]
     assert len(faces) == 900 and list(faces[0]["probabilities"]) == classes
+
+
+def test_splits_named_otherwise_run_end_to_end_by_their_roles(tmp_path):
+    """Splits called training/validation/testing: ingest.json names which is which (split_roles),
+    the validation and gating configs name theirs; nothing else assumes train/eval/test."""
+    from pipeline.config import load_json
+
+    data, gates = run_inputs(tmp_path)
+    names = {"train": "training", "eval": "validation", "test": "testing"}
+    ingest = {**load_json("ingest.json"), "split_roles": {"train": "training",
+                                                          "eval": "validation"}}
+    ingest["usage_to_split"] = {k: names[v] for k, v in ingest["usage_to_split"].items()}
+    ingest["hash_split"] = {names[k]: v for k, v in ingest["hash_split"].items()}
+    validation = {**load_json("validation.json"), "drift_split": "training",
+                  "skew_against_train": ["validation", "testing"]}
+    files = {"ingest.json": ingest, "validation.json": validation,
+             "gates.json": {**json.loads(gates.read_text()), "split": "testing"}}
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    out = run(*command(tmp_path, data, tmp_path / "gates.json", "root", "--epochs", "1",
+                       "--ingest-config", str(tmp_path / "ingest.json"),
+                       "--validation-config", str(tmp_path / "validation.json")))
+    assert "now serving version 1" in out and "testing examples" in out
+    training = json.loads((tmp_path / "root" / "Trainer" / "1" / "training.json").read_text())
+    assert set(training["examples_per_split"]) == {"training", "validation"}
+    assert (tmp_path / "root" / "StatisticsGen" / "1" / "training_vs_testing.html").exists()
