@@ -171,13 +171,14 @@ def _connect(connection: Connection, read_only: bool = False) -> metadata_store.
             _create_sqlite(connection)
         config.sqlite.connection_mode = (mlmd.SqliteMetadataSourceConfig.READONLY if read_only
                                          else mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE)
-    for attempt in range(3):
+    attempts = 6
+    for attempt in range(attempts):
         try:
             return metadata_store.MetadataStore(config)
         except RuntimeError as e:
-            # Two processes that meet an empty database both create its tables; one fails and
-            # finds them made when it tries again.
-            if connection.shared and attempt < 2 and "real_connect" not in str(e):
+            # Processes that meet an empty database all create its tables; those that lose find
+            # them made when they try again (on a busy machine the winner may take seconds).
+            if connection.shared and attempt < attempts - 1 and "real_connect" not in str(e):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise _connect_error(connection, e) from None
