@@ -15,11 +15,12 @@ VERDICT_STEPS = ("Evaluator", "Pusher")  # what --quiet still prints
 
 
 class Progress:
-    def __init__(self, log_format: str = "text", quiet: bool = False):
+    def __init__(self, log_format: str = "text", quiet: bool = False, stall_seconds: float = 3600):
         self.json, self.quiet = log_format == "json", quiet
         self.out = sys.stdout  # the real one: what steps print is redirected (capture)
         self.step, self.times, self.started = None, {}, time.perf_counter()
         self.reused = set()
+        self.stall_seconds, self.active = stall_seconds, time.perf_counter()
         self._lock = threading.Lock()
 
     def emit(self, event: str, text: str | None = None, **fields) -> None:
@@ -40,16 +41,25 @@ class Progress:
 
     @contextlib.contextmanager
     def running(self, step: str):
-        """A step at work: its start, a heartbeat every HEARTBEAT_SECONDS, its elapsed time."""
+        """A step at work: its start, a heartbeat every HEARTBEAT_SECONDS, its elapsed time; and
+        a watchdog that ends the run when the step printed nothing for stall_seconds, so a hang
+        (a stalled network disk, a stuck worker) never holds the pipeline root for good."""
         self.step, started, done = step, time.perf_counter(), threading.Event()
+        self.active = started
         self.emit("step_started", None if self.quiet else f"{step}: started", step=step)
 
         def beat():
-            while not done.wait(HEARTBEAT_SECONDS):
-                seconds = time.perf_counter() - started
-                self.emit("step_running", None if self.quiet else
-                          f"{step}: still running ({_duration(seconds)})", step=step,
-                          seconds=round(seconds, 1))
+            check = min(HEARTBEAT_SECONDS, max(self.stall_seconds / 4, 0.5))
+            last_beat = started
+            while not done.wait(check):
+                now = time.perf_counter()
+                if now - self.active > self.stall_seconds:
+                    self._stalled(step, now - self.active)
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    last_beat = now
+                    self.emit("step_running", None if self.quiet else
+                              f"{step}: still running ({_duration(now - started)})", step=step,
+                              seconds=round(now - started, 1))
 
         heartbeat = threading.Thread(target=beat, daemon=True)
         heartbeat.start()
@@ -73,7 +83,23 @@ class Progress:
                   folder=folder, summary=summary)
 
     def log(self, line: str) -> None:
+        self.active = time.perf_counter()
         self.emit("log", None if self.quiet else line, step=self.step, message=line)
+
+    def _stalled(self, step: str, seconds: float) -> None:
+        """End the process at once, as a kill would (the stuck thread cannot be interrupted):
+        the lock goes with it, and the next run records the step FAILED and starts it over."""
+        import os
+        import textwrap
+
+        error = (f"{step} made no progress for {_duration(seconds)} (nothing printed; "
+                 f"--stall-timeout {self.stall_seconds:g}): the run was stopped so that it does "
+                 f"not hold the pipeline root for good. Look for what it waits on (a network "
+                 f"disk, a Beam worker, a full disk), or raise --stall-timeout for steps that "
+                 f"are slow but sound; the next run records the step FAILED and starts it over.")
+        print(textwrap.fill(f"error: {error}", width=100), file=sys.stderr, flush=True)
+        self.failed(error, 3)
+        os._exit(3)
 
     def message(self, line: str) -> None:
         """A line that belongs to the run's outcome (shown even when quiet)."""

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
              "of this machine), multi_worker (MultiWorkerMirroredStrategy; the cluster comes "
              "from TF_CONFIG, and the other workers run python -m components.trainer)")
     parser.add_argument(
+        "--stall-timeout", metavar="SECONDS", type=float, default=3600,
+        help="end the run when a step prints nothing for this long (a hang must not hold the "
+             "pipeline root; default 3600, from 10 to 604800)")
+    parser.add_argument(
         "--quiet", action="store_true",
         help="print only the verdict (Evaluator, Pusher), what ends the run, and errors")
     parser.add_argument(
@@ -79,8 +83,11 @@ def main(argv=None) -> int:
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's stop
         signal.signal(signum, _stop)
-    progress = Progress(args.log_format, args.quiet)
+    progress = Progress(args.log_format, args.quiet, args.stall_timeout)
     try:
+        if not 10 <= args.stall_timeout <= 604800:
+            raise UserError(f"--stall-timeout must lie from 10 to 604800 seconds (got "
+                            f"{args.stall_timeout:g}).")
         check_beam_args(beam_args)
         with progress.capture():
             run(args, beam_args, progress)

@@ -7,6 +7,7 @@ Just before the N-th call (default: the first) of MODULE.ATTRIBUTE (a function, 
 Class.method; several as A|B|C, counted together) this process does ACTION, then the call goes on:
     kill            SIGKILL to itself (kill -9: no clean-up runs)
     term            SIGTERM to itself (what a scheduler sends to stop a job)
+    hang            block that call for good (a stalled network disk, a stuck worker)
     delete=PATH     remove the file
     append=PATH     append one more valid row to the CSV
     corrupt=GLOB    overwrite 64 bytes in the middle of the first file matching GLOB
@@ -16,6 +17,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -23,6 +25,8 @@ def act(action: str) -> None:
     kind, _, target = action.partition("=")
     if kind in ("kill", "term"):
         os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
+    elif kind == "hang":
+        threading.Event().wait()
     elif kind == "delete":
         os.remove(target)
     elif kind == "append":

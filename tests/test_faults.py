@@ -169,6 +169,24 @@ def test_a_scheduler_stop_ends_the_run_at_once_and_training_resumes(setup):
     consistent(base, "stopped")
 
 
+def test_a_step_that_hangs_is_ended_by_the_watchdog_and_frees_the_root(setup):
+    """StatisticsGen blocked for good (as on a stalled network disk): the run ends by itself
+    after --stall-timeout with one paragraph (exit 3), holds nothing, and the next run records
+    the step FAILED and finishes it."""
+    base, data, gates = setup
+    args = pipeline_args(base, data, gates, "hung", "--stop-after", "StatisticsGen")
+    hung = run(args + ["--stall-timeout", "10"],
+               inject=("components.statistics_gen:run", "hang"))
+    assert hung.returncode == 3, hung.stderr[-3000:]
+    message = " ".join(hung.stderr.split())
+    assert "error: StatisticsGen made no progress for" in message
+    assert "Traceback" not in hung.stderr
+    consistent(base, "hung", running=["StatisticsGen"])
+    again = ok(run(args))
+    assert "marked FAILED" in again and "StatisticsGen: done in" in again
+    consistent(base, "hung")
+
+
 def test_a_damaged_metadata_store_stops_the_run_with_the_remedy(setup):
     base, data, gates = setup
     args = pipeline_args(base, data, gates, "store", "--stop-after", "ExampleGen")
@@ -358,3 +376,40 @@ def test_a_read_only_or_full_serving_directory_is_never_harmed(setup, tmp_path):
     assert code == 0 and "Evaluator: reusing" in out and "now serving version 2" in out, err
     assert state == {"problems": [], "running": [], "unmarked": [], "partial_pushes": [],
                      "versions": [1, 2]}
+
+
+def test_soak_twenty_scheduled_runs_over_growing_spans_with_kills(tmp_path):
+    """A scheduler's month: a new span each run, the newest 2 trained on; every third run is
+    killed (-9) at a point drawn at random inside a step, and the run after it recovers. In
+    the end: a consistent store, every version byte-identical to a model a Trainer made and
+    pushed whole, and the lineage of every version complete down to its input files."""
+    import random
+
+    from pipeline import default_data, serving
+
+    rng = random.Random(2026)
+    _, gates = run_inputs(tmp_path)
+    drops = tmp_path / "drops"
+    args = ["--data", str(drops), "--spans", "2", "--pipeline-root", str(tmp_path / "soak"),
+            "--serving-dir", str(tmp_path / "soak-serving"), "--evaluation-config", str(gates),
+            "--epochs", "1", "--batch-size", "32"]
+    for day in range(1, 21):
+        default_data.write_csv(drops / f"span-202611{day:02d}" / "faces.csv", rows=240,
+                               seed=1000 + day)
+        if day % 3 == 0:
+            _, point = rng.choice(KILL_POINTS)
+            killed = run(args, inject=(point, "kill"))
+            assert killed.returncode in (-9, 0), killed.stderr[-3000:]  # 0: point not reached
+            state = consistency.check(tmp_path / "soak", tmp_path / "soak-serving")
+            assert state["problems"] == [], (day, point, state)
+        ok(run(args))
+    state = consistency.check(tmp_path / "soak", tmp_path / "soak-serving")
+    assert state["problems"] == [] and state["running"] == [], state
+    versions = serving.versions(tmp_path / "soak-serving" / "fer")
+    assert len(versions) >= 10, versions  # warm-started, blessed, pushed most days
+    for version in versions:
+        traced = ok(subprocess.run(
+            [sys.executable, "-m", "pipeline.lineage", "--pipeline-root", str(tmp_path / "soak"),
+             "--serving-dir", str(tmp_path / "soak-serving"), "--version", str(version)],
+            capture_output=True, text=True, timeout=300, cwd=REPO))
+        assert "input file" in traced and "Trainer (execution" in traced, traced[-2000:]
