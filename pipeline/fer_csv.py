@@ -85,8 +85,7 @@ def list_inputs(data: str | list[str]) -> Inputs:
 
     from pipeline import artifacts
 
-    patterns = [artifacts.join(d, "*") if not any(c in d for c in "*?[") and artifacts.is_dir(d)
-                else d for d in ([data] if isinstance(data, str) else data)]
+    patterns = [_pattern(d) for d in ([data] if isinstance(data, str) else data)]
     try:
         found = [m for r in FileSystems.match(patterns) for m in r.metadata_list]
     except Exception as e:  # Beam raises BeamIOError with a nested reason
@@ -105,6 +104,19 @@ def list_inputs(data: str | list[str]) -> Inputs:
                       if not artifacts.remote(pattern) for path in _glob.glob(pattern)
                       if path not in read and not _hidden(path)})
     return Inputs(paths, skipped)
+
+
+def _pattern(data: str) -> str:
+    """The glob for one entry of --data: a local file or folder that exists is taken as named,
+    even when its name holds glob characters (faces[1].csv); anything else is a pattern."""
+    from pipeline import artifacts
+
+    if not artifacts.remote(data) and os.path.exists(data):
+        literal = _glob.escape(data)
+        return artifacts.join(literal, "*") if os.path.isdir(data) else literal
+    if not any(c in data for c in "*?[") and artifacts.is_dir(data):
+        return artifacts.join(data, "*")
+    return data
 
 
 def _hidden(path: str) -> bool:

@@ -141,3 +141,14 @@ def test_an_unlabelled_header_is_read_for_predictions_only(config):
     with pytest.raises(UserError, match="lacks the column\\(s\\) pixels\\..*only the pixels "
                                         "column is needed here"):
         fer_csv.read_header(io.BytesIO(b"emotion,image\n"), "p.csv", config, labelled=False)
+
+
+def test_a_file_or_folder_named_with_glob_characters_is_read_as_named(tmp_path):
+    """faces[1].csv is that file, not the glob that would match faces1.csv; a folder likewise."""
+    (tmp_path / "faces[1].csv").write_text("emotion,pixels\n")
+    (tmp_path / "faces1.csv").write_text("emotion,pixels\n")
+    assert fer_csv.input_files(str(tmp_path / "faces[1].csv")) == [str(tmp_path / "faces[1].csv")]
+    (tmp_path / "drops[a]").mkdir()
+    (tmp_path / "drops[a]" / "x.csv").write_text("emotion,pixels\n")
+    assert fer_csv.input_files(str(tmp_path / "drops[a]")) == [str(tmp_path / "drops[a]" / "x.csv")]
+    assert fer_csv.input_files(str(tmp_path / "faces[1-9].csv")) == [str(tmp_path / "faces1.csv")]
