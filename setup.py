@@ -1,7 +1,10 @@
-"""Install the FER pipeline. Every dependency is pinned here, and only here.
+"""Install the FER pipeline. Every direct dependency is pinned here, and only here.
 
 The set below resolves in a few minutes on Python 3.11 (left unpinned, pip
-backtracks for a long time through TFX's dependency graph).
+backtracks for a long time through TFX's dependency graph). requirements.lock holds
+the whole resolved set, indirect dependencies included, each with its hashes: it is
+generated from this file by tools/lock, never edited by hand, and it is what the
+README's install commands and CI install (tests/test_package.py checks that the two agree).
 """
 from setuptools import find_packages, setup
 
@@ -24,6 +27,9 @@ PINS = [
     "optuna==4.5.0",  # the Tuner (--tune)
     # Face detection for pipeline.predict: the cascades' weights ship inside the wheel.
     "opencv-python-headless==4.10.0.84",
+    # pkg_resources, which TensorBoard's command line imports (`tensorboard --logdir`): gone
+    # from setuptools 81, a warning at every import from 80.9.
+    "setuptools==80.8.0",
 ]
 
 setup(
