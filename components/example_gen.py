@@ -91,13 +91,15 @@ def run(data: str | list[str], output_dir: str, config: IngestConfig,
     return counts
 
 
-def _index(path: str, config: IngestConfig) -> tuple[list[Chunk], int]:
-    """One pass over a file: validate its header, count its lines, cut it into chunks."""
+def _index(path: str, config: IngestConfig, labelled: bool = True
+           ) -> tuple[list[Chunk], int]:
+    """One pass over a file: validate its header, count its lines, cut it into chunks.
+    labelled=False (pipeline.infer) needs only the pixels column in the header."""
     # IngestConfig.load bounds it; a config built otherwise must not cut chunks forever.
     assert config.chunk_bytes > 0, f"chunk_bytes must be positive (got {config.chunk_bytes})"
     f, compressed = fer_csv.open_binary(path)
     with f:
-        layout, start = fer_csv.read_header(f, path, config)
+        layout, start = fer_csv.read_header(f, path, config, labelled=labelled)
         chunks, chunk_start, chunk_line = [], start, 2
         pos, line_no, last = start, 2, b"\n"
         target = start + config.chunk_bytes

@@ -390,18 +390,31 @@ def _pixel_rows(f: BinaryIO, compressed: bool, path: str, layout: Layout, config
     with f:
         number = 1  # the header's
         try:
-            for number, line in read_lines(f, 2, None, config.max_line_bytes):
-                if isinstance(line, TooLongLine):
-                    yield number, _too_long(line, config)
-                elif line.strip():
-                    try:
-                        yield number, parse_pixels(_fields(line, layout)[layout.pixels], config)
-                    except RowError as e:
-                        yield number, str(e)
+            for number, _, outcome in pixel_rows(f, 2, None, layout, config):
+                if outcome is not None:
+                    yield number, outcome
         except (OSError, EOFError) as e:
             fix = ("its gzip stream is damaged: compress the CSV again, or pass the uncompressed "
                    "file" if compressed else "pass a copy that reads in full")
             raise UserError(f"{path} cannot be read past line {number} ({e}); {fix}.") from None
+
+
+def pixel_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
+               config: IngestConfig) -> Iterator[tuple[int, bytes, np.ndarray | str | None]]:
+    """read_rows for rows read without labels (pipeline.predict, pipeline.infer): (line number,
+    raw line, outcome) for each line from f's position up to `end`, the outcome the pixels as
+    int64[n_pixels], the reason the row is invalid, or None for a blank line. Only the pixels
+    column is checked (and that the row has one field per header column)."""
+    for number, line in read_lines(f, first_line, end, config.max_line_bytes):
+        if isinstance(line, TooLongLine):
+            yield number, line.head, _too_long(line, config)
+        elif not line.strip():
+            yield number, line, None
+        else:
+            try:
+                yield number, line, parse_pixels(_fields(line, layout)[layout.pixels], config)
+            except RowError as e:
+                yield number, line, str(e)
 
 
 def _too_long(line: TooLongLine, config: IngestConfig) -> str:

@@ -106,6 +106,18 @@ def test_predictions(folder):
     assert len(json.loads(out)["faces"]) == 1 and (folder / "boxed.png").exists()
 
 
+def test_batch_inference(folder):
+    (folder / "frames").mkdir()
+    default_data.write_csv(folder / "frames" / "drawn.csv", rows=40, seed=5)
+    shutil.copy(folder / "more_faces.csv", folder / "frames" / "more_faces.csv")  # 2 rows
+    out = run(folder, readme(".venv/bin/python -m pipeline.infer --model serving/fer "
+                             "--data 'frames/*.csv' --output preds/")).stdout
+    assert "infer: 42 rows read from 2 file(s) = 42 scored + 0 quarantined + 0 blank" in out
+    rows = [line for shard in (folder / "preds").glob("predictions-*-of-*.csv")
+            for line in shard.read_text().splitlines()[1:]]
+    assert len(rows) == 42 and all(row.startswith("frames/") for row in rows)
+
+
 def test_lineage(folder):
     out = run(folder, readme(".venv/bin/python -m pipeline.lineage --pipeline-root "
                              "pipeline_root --serving-dir serving"), "--pipeline-root",
