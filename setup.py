@@ -27,6 +27,7 @@ PINS = [
     "optuna==4.5.0",  # the Tuner (--tune)
     # Face detection for pipeline.predict: the cascades' weights ship inside the wheel.
     "opencv-python-headless==4.10.0.84",
+    "pillow==13.0.0",  # predict's image decoding: size from the header, EXIF, GIF/WebP/TIFF/CMYK
     # pkg_resources, which TensorBoard's command line imports (`tensorboard --logdir`): gone
     # from setuptools 81, a warning at every import from 80.9.
     "setuptools==80.8.0",
