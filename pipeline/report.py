@@ -126,6 +126,7 @@ def _per_class(evaluation, classes) -> str:
     intervals = evaluation.get("intervals", {})
     spans = np.array([[(v or 0) - intervals[c]["low"], intervals[c]["high"] - (v or 0)]
                       if c in intervals else [0, 0] for c, v in zip(classes, values)]).T
+    spans = np.maximum(spans, 0)  # a class all right: its Wilson bound is 1 - 2e-16 in floats
     bars = ax.bar(x - (width / 2 if baseline else 0), [v or 0 for v in values], width,
                   label="this model", yerr=spans if intervals else None, capsize=3,
                   ecolor="#555555")

@@ -296,6 +296,9 @@ def test_report_shows_blessing_reasons_and_plots(tmp_path):
                                   "class_accuracy": dict(zip(CLASSES, [1, .8, .25, .5, 1, 0, .3]))}},
         "confusion_matrix": np.eye(7, dtype=int).tolist(), "classes": list(CLASSES),
         "gates": {"floors": {"class_accuracy": {"default": 0.2, "Fear": 0.5}}},
+        # A class all right: Wilson's upper bound in floats is a hair below its accuracy of 1.
+        "intervals": {"Angry": {"low": 0.72, "high": 1 - 2e-16},
+                      "Fear": {"low": 0.05, "high": 0.6}},
     }
     history = tmp_path / "history.csv"
     history.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.2,2,0.3,1.9\n1,0.5,1,0.6,1\n")
