@@ -203,8 +203,9 @@ class Step(typing.NamedTuple):
     """One step of the pipeline, as data. `inputs` names, for each argument of its body, the
     earlier step whose output it reads or the resolver (RESOLVERS) that finds it in ML Metadata;
     the runner binds them. Its output is reused when a finished execution has the same
-    fingerprint: component, parameters, every input but the `unkeyed` ones, and the code. Every
-    callable gets the Context and the bound inputs as keyword arguments."""
+    fingerprint: component, parameters, every input but the `unkeyed` ones, and the code. body,
+    say and then get the Context and the bound inputs (as keyword arguments); parameters and
+    when, which decide before any input is bound, the Context alone."""
 
     name: str
     produces: ArtifactType
