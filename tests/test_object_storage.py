@@ -114,7 +114,8 @@ def test_a_push_killed_halfway_leaves_serving_consistent(gcs, setup, first):
     killed = run(gcs, *pipeline_args(setup, serving),
                  entry=["tensorflow.io.gfile:copy@2", "kill"], check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
-    assert "Trainer: reusing" in killed.stdout and "Pusher" not in killed.stdout
+    assert "Trainer: reusing" in killed.stdout and "Pusher: started" in killed.stdout
+    assert "Pusher: pushed" not in killed.stdout and "Pusher: done" not in killed.stdout
     half = serving_state(gcs, f"{serving}/fer")
     assert half["versions"] == [] and half["folders"] == ["1"]  # there, but not a version
 
