@@ -37,6 +37,8 @@ EVALUATION = ArtifactType("ModelEvaluation", {"evaluation": "evaluation.json", "
                                               "blessed": "BLESSED", "not_blessed": "NOT_BLESSED"})
 PUSHED_MODEL = ArtifactType("PushedModel", {"record": "pushed.json"})
 REPORT = ArtifactType("RunReport", {"page": "report.html"})
+# pipeline.infer's output folder (TFX's BulkInferrer makes an InferenceResult).
+INFERENCE = ArtifactType("InferenceResult", {"counts": "counts.json", "quarantine": "quarantine"})
 # Inputs that no step produces: a file the data came from, a model found serving.
 DATA_FILE = ArtifactType("DataFile")
 SERVING_MODEL = ArtifactType("ServingModel")

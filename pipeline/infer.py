@@ -47,6 +47,7 @@ from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler,  # n
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from pipeline import artifacts, fer_csv, serving  # noqa: E402
+from pipeline.artifact_types import INFERENCE  # noqa: E402
 from pipeline.config import IngestConfig  # noqa: E402
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error  # noqa: E402
 
@@ -151,7 +152,7 @@ def run(model: str, data: str | list[str], output: str, fmt: str = "csv",
         "blank_lines": counters.get("blank_lines", 0), "quarantine_reasons": reasons,
         "skipped": dict(found.skipped),
     }
-    artifacts.write_text(artifacts.join(output, "counts.json"), json.dumps(counts, indent=2))
+    artifacts.write_text(INFERENCE.path(output, "counts"), json.dumps(counts, indent=2))
     _reconcile(counts, counters, output)
     print(_summary(counts, output), flush=True)
     if written == 0:
@@ -215,7 +216,7 @@ def _image_size(model) -> int:
 
 
 def _quarantine_dir(output: str) -> str:
-    return artifacts.join(output, "quarantine")
+    return INFERENCE.path(output, "quarantine")
 
 
 def _shards(output: str, fmt: str) -> list[str]:
@@ -227,7 +228,7 @@ def _remove_earlier_output(output: str) -> None:
     format would otherwise be read with this run's."""
     old = [*_shards(output, "csv"), *_shards(output, "jsonl"),
            *artifacts.glob(artifacts.join(_quarantine_dir(output), "bad_rows-*-of-*.jsonl")),
-           artifacts.join(output, "counts.json")]
+           INFERENCE.path(output, "counts")]
     for path in old:
         artifacts.remove(path)
 
