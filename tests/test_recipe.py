@@ -97,6 +97,7 @@ def test_warm_start_begins_from_the_base_models_weights(examples, trained, tmp_p
     assert trainer.base_model_problem(base["serving_model"], five_classes)  # another shape
 
 
+@pytest.mark.slow  # three trainings; the Tuner also runs whole in test_orchestration
 def test_tuner_runs_its_trials_and_the_trainer_takes_the_best(examples, tmp_path):
     search = TunerConfig(epochs_per_trial=1, parameters={
         "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},

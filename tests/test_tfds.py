@@ -2,6 +2,7 @@
 import dataclasses
 import textwrap
 
+import pytest
 import tensorflow_datasets as tfds
 
 import pipeline.fer2013_tfds  # noqa: F401  (registers 'fer2013')
@@ -27,6 +28,7 @@ def test_tfds_splits_match_example_gen(tmp_path, config):
     assert first["image"].shape == (48, 48, 1) and 0 <= int(first["label"]) < 7
 
 
+@pytest.mark.slow  # a fresh interpreter building a TFDS dataset
 def test_the_readme_snippet_runs_and_ends_without_a_traceback(tmp_path):
     """The README's snippet as a script of its own, word for word but for the folder: it used
     to end with TensorFlow's "Exception ignored in AtomicFunction.__del__" tracebacks."""

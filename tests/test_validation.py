@@ -164,6 +164,7 @@ def test_skew_can_be_set_to_warn(tmp_path):
     assert report["findings"] == findings
 
 
+@pytest.mark.slow  # two ingestions and statistics; skew's weighing is fast-tested above
 def test_drift_from_the_previous_run_stops_the_run(clean_statistics, tmp_path):
     previous = statistics(tmp_path, "before", clean(seed=20))["train"]
     # Same distribution: no drift.
@@ -230,6 +231,7 @@ def test_a_small_span_that_really_changed_stops_the_run(tmp_path):
     assert "feature 'emotion'" not in stop_findings(caught)
 
 
+@pytest.mark.slow  # a whole command; the validator's stops are unit-tested above
 def test_planted_anomaly_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
     header = "emotion,pixels,Usage"
     lines = [f"{i % 7},{' '.join(['0'] * 2304)},{('Training', 'PublicTest', 'PrivateTest')[i % 3]}"
