@@ -350,12 +350,13 @@ def read_lines(f: BinaryIO, first_line: int, end: int | None, max_line_bytes: in
 
 
 def read_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
-              config: IngestConfig) -> Iterator[tuple[int, bytes, tuple | str | None]]:
+              config: IngestConfig, parse=None) -> Iterator[tuple[int, bytes, tuple | str | None]]:
     """Yield (line number, raw line, outcome) for each line from f's position up to `end`.
 
-    The outcome is (split, label, pixels) for a valid row, the reason string for an
-    invalid one, or None for a blank line.
+    The outcome is what `parse` (default parse_row: (split, label, pixels)) makes of a valid
+    row, the reason string for an invalid one, or None for a blank line.
     """
+    parse = parse or parse_row
     for number, line in read_lines(f, first_line, end, config.max_line_bytes):
         if isinstance(line, TooLongLine):
             yield number, line.head, _too_long(line, config)
@@ -363,7 +364,7 @@ def read_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
             yield number, line, None
         else:
             try:
-                yield number, line, parse_row(line, layout, config)
+                yield number, line, parse(line, layout, config)
             except RowError as e:
                 yield number, line, str(e)
 
@@ -405,16 +406,8 @@ def pixel_rows(f: BinaryIO, first_line: int, end: int | None, layout: Layout,
     raw line, outcome) for each line from f's position up to `end`, the outcome the pixels as
     int64[n_pixels], the reason the row is invalid, or None for a blank line. Only the pixels
     column is checked (and that the row has one field per header column)."""
-    for number, line in read_lines(f, first_line, end, config.max_line_bytes):
-        if isinstance(line, TooLongLine):
-            yield number, line.head, _too_long(line, config)
-        elif not line.strip():
-            yield number, line, None
-        else:
-            try:
-                yield number, line, parse_pixels(_fields(line, layout)[layout.pixels], config)
-            except RowError as e:
-                yield number, line, str(e)
+    return read_rows(f, first_line, end, layout, config, parse=lambda line, layout, config:
+                     parse_pixels(_fields(line, layout)[layout.pixels], config))
 
 
 def _too_long(line: TooLongLine, config: IngestConfig) -> str:

@@ -27,7 +27,6 @@ with python -m pipeline.run: --direct_num_workers=2 --direct_running_mode=multi_
 import argparse
 import csv
 import dataclasses
-import difflib
 import io
 import json
 import sys
@@ -92,25 +91,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_flags(parser: argparse.ArgumentParser, beam_args: Sequence[str]) -> None:
-    """Beam's flags checked as pipeline.run checks them (the runner exists and can run this),
-    a flag neither this program nor Beam knows refused first, with this program's flags as
-    hints (pipeline.run's check would offer its own)."""
+    """Beam's flags checked as pipeline.run checks them, with this program's flags as hints."""
     from pipeline.run import check_beam_args
 
-    options = PipelineOptions(list(beam_args))
-    known = set(options.get_all_options(retain_unknown_options=False))
-    strays = set(options.get_all_options(retain_unknown_options=True)) - known
-    unknown = [flag for flag in (arg.split("=")[0] for arg in beam_args if arg.startswith("--"))
-               if flag[2:].replace("-", "_") in strays]
-    if unknown:
-        candidates = [*parser._option_string_actions, *("--" + name for name in known)]
-        hints = [f"{flag} (did you mean {close[0]}?)" if (
-            close := difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)) else flag
-            for flag in unknown]
-        raise UserError(f"Unknown flag(s) {', '.join(hints)}: neither a flag of python -m "
-                        f"pipeline.infer nor an Apache Beam option. See python -m pipeline.infer "
-                        f"--help.")
-    check_beam_args(list(beam_args))
+    check_beam_args(list(beam_args), parser, "python -m pipeline.infer")
 
 
 def run(model: str, data: str | list[str], output: str, fmt: str = "csv",

@@ -117,9 +117,11 @@ def _stop(signum, frame):
     os._exit(128 + signum)
 
 
-def check_beam_args(beam_args) -> None:
-    """Refuse bad Beam flags before any work: a flag neither the pipeline nor Beam knows is a
-    typo (Beam alone would drop it silently), and the runner must exist."""
+def check_beam_args(beam_args, parser: argparse.ArgumentParser | None = None,
+                    program: str = "python -m pipeline.run") -> None:
+    """Refuse bad Beam flags before any work: a flag neither the program (`parser`, default
+    pipeline.run's) nor Beam knows is a typo (Beam alone would drop it silently), and the runner
+    must exist."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.runners import create_runner
 
@@ -141,13 +143,13 @@ def check_beam_args(beam_args) -> None:
     unknown = [flag for flag in (arg.split("=")[0] for arg in beam_args if arg.startswith("--"))
                if flag[2:].replace("-", "_") in strays]  # named as typed
     if unknown:
-        candidates = [*_parser()._option_string_actions, *("--" + name for name in known)]
+        candidates = [*(parser or _parser())._option_string_actions,
+                      *("--" + name for name in known)]
         hints = [f"{flag} (did you mean {close[0]}?)" if (
             close := difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)) else flag
             for flag in unknown]
-        raise UserError(f"Unknown flag(s) {', '.join(hints)}: neither a pipeline flag nor an "
-                        f"Apache Beam option. See python -m pipeline.run --help for the "
-                        f"pipeline's flags.")
+        raise UserError(f"Unknown flag(s) {', '.join(hints)}: neither a flag of {program} nor "
+                        f"an Apache Beam option. See {program} --help for its flags.")
 
 
 def run(args, beam_args, progress=None) -> None:

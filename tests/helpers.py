@@ -66,3 +66,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def refused(result, code, *words):
+    """Failed with `code`: one readable paragraph naming `words`, no traceback; the message."""
+    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1, \
+        result.stderr[-3000:]
+    message = " ".join(result.stderr[result.stderr.index("error: "):].split())
+    for word in words:
+        assert word in message, message
+    return message

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import consistency
-from tests.helpers import run_inputs
+from tests.helpers import refused, run_inputs
 
 pytestmark = pytest.mark.slow  # whole runs, killed and run again
 
@@ -63,16 +63,6 @@ def run(args, inject=None, cwd=REPO, env=None):
 def ok(result):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
-
-
-def refused(result, code, *words):
-    """Failed with `code`: one readable paragraph naming `words`, no traceback."""
-    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1, \
-        result.stderr[-3000:]
-    message = " ".join(result.stderr[result.stderr.index("error: "):].split())
-    for word in words:
-        assert word in message, message
 
 
 def consistent(base, root, running=(), versions=(), partial_pushes=0):

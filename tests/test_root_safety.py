@@ -19,6 +19,7 @@ import pytest
 
 from pipeline import artifacts, default_data, fer_csv, lineage, metadata
 from pipeline.errors import IntegrityError, UserError, disk_error
+from tests.helpers import refused
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -28,17 +29,6 @@ def pipeline(*args, timeout=120, prefix=()):
     """python -m pipeline.run ARGS, ended (and failed) past `timeout` seconds."""
     return subprocess.run([*prefix, sys.executable, "-m", "pipeline.run", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ENV)
-
-
-def refused(result, code, *words):
-    """Failed with `code`: one paragraph naming `words`, no traceback."""
-    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1, \
-        result.stderr[-3000:]
-    message = " ".join(result.stderr[result.stderr.index("error: "):].split())
-    for word in words:
-        assert word in message, message
-    return message
 
 
 @pytest.fixture
