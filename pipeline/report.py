@@ -24,6 +24,12 @@ def write(path: str, evaluation: dict, history_csv: str, data_page: str,
     verdict = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
     outcome = (f"pushed as version {pushed['version']}: {pushed['path']}" if pushed["pushed"]
                else "not pushed; the serving model is unchanged")
+    if pushed.get("why"):  # refused after the blessing: by the InfraValidator
+        outcome = f"not pushed. {pushed['why'].rstrip('.')}"
+    outcome += "".join(f". TensorFlow Lite {name}: {how}"
+                       for name, how in (pushed.get("exports") or {}).items())
+    if pushed.get("model_card"):
+        outcome += f". Model card: {pushed['model_card']}"
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in evaluation["reasons"])
     link = os.path.relpath(data_page, os.path.dirname(path))
     figures = [("Confusion matrix", _confusion(evaluation["confusion_matrix"], classes)),
@@ -126,6 +132,7 @@ def _per_class(evaluation, classes) -> str:
     intervals = evaluation.get("intervals", {})
     spans = np.array([[(v or 0) - intervals[c]["low"], intervals[c]["high"] - (v or 0)]
                       if c in intervals else [0, 0] for c, v in zip(classes, values)]).T
+    spans = np.maximum(spans, 0)  # a class all right: its Wilson bound is 1 - 2e-16 in floats
     bars = ax.bar(x - (width / 2 if baseline else 0), [v or 0 for v in values], width,
                   label="this model", yerr=spans if intervals else None, capsize=3,
                   ecolor="#555555")
