@@ -90,6 +90,20 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def open_write_bytes(path: str | Path):
+    """A file opened for writing bytes."""
+    return _gfile().GFile(str(path), "wb") if remote(path) else open(path, "wb")
+
+
+def copy_file(source: str | Path, target: str | Path) -> None:
+    """Copy one file (on any filesystems), its folder made first."""
+    makedirs(os.path.dirname(str(target)))
+    if remote(source) or remote(target):
+        _gfile().copy(str(source), str(target), overwrite=True)
+    else:
+        shutil.copy2(source, target)
+
+
 def glob(pattern: str) -> list[str]:
     return sorted(_gfile().glob(pattern) if remote(pattern) else _glob.glob(pattern))
 

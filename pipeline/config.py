@@ -524,6 +524,9 @@ EVALUATION = Obj({
     "max_earlier_runs": Whole(0, 1000),
     "floors": _Gates(),
     "max_drop_vs_serving": _Gates(),
+    "export_parity": Obj({"accuracy": Number(0, 1), "class_accuracy": Number(0, 1)},
+                         summary="needs accuracy and class_accuracy, each {accuracy}: how far "
+                                 "an on-device export's accuracy may fall from the SavedModel's"),
 })
 
 
@@ -540,6 +543,10 @@ class EvaluationConfig:
     a class with fewer than min_class_examples examples is not judged. The examples: the
     evaluation split of this run's data and, until there are min_examples of them, of the data
     of earlier validated runs (newest first, at most max_earlier_runs).
+
+    export_parity: how far an on-device export (TFLite float32, int8) may fall below the
+    SavedModel on the same split, overall and in each class judged (min_class_examples): an
+    export beyond it is not shipped with the version.
     """
 
     model_name: str
@@ -550,6 +557,7 @@ class EvaluationConfig:
     max_earlier_runs: int
     floors: dict
     max_drop_vs_serving: dict
+    export_parity: dict  # {"accuracy": d, "class_accuracy": d}: see TFLiteExporter
 
     @classmethod
     def load(cls, classes, splits, path: str | Path | None = None) -> "EvaluationConfig":
@@ -578,6 +586,43 @@ class EvaluationConfig:
                         problems.append(f"{section}.class_accuracy names the class {name!r}; "
                                         f"the classes are {', '.join(classes)} (or default)")
         refuse(f"Gating config {where}", problems, "is wrong")
+
+
+DEPLOYMENT = Obj({
+    "infra_validation": Obj({
+        "timeout_seconds": Whole(10, 86_400, note=" (10 s to a day)"),
+        "memory_limit_mib": Whole(1024, 1 << 20, note=" (1 GiB to 1 TiB of address space)"),
+        "canary_examples": Whole(1, 10_000),
+        "tolerance": Number(0, 0.1, open_low=True, noun="a number",
+                            note=": the largest difference allowed between a probability "
+                                 "served and the Trainer's"),
+        "latency_requests": Whole(1, 100_000),
+    }),
+    "tflite": Obj({
+        "representative_images": Whole(1, 100_000),
+        "latency_requests": Whole(1, 100_000),
+    }),
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentConfig:
+    """How a candidate is checked for serving and made for devices (schemas/deployment.json).
+
+    infra_validation: the InfraValidator loads the candidate in a process of its own, bounded
+    to memory_limit_mib of address space and timeout_seconds, sends canary_examples test
+    examples through each serving signature, requires every probability within `tolerance` of
+    the Trainer's own, and times latency_requests requests of batch 1 and of batch 32.
+    tflite: the TFLiteExporter calibrates the int8 model on representative_images training
+    images and times latency_requests single-image calls of each export."""
+
+    infra_validation: dict
+    tflite: dict
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "DeploymentConfig":
+        raw, _ = _load_file(DEPLOYMENT, "deployment.json", "Deployment", path)
+        return cls(**raw)
 
 
 def _search_space(spec) -> bool:
@@ -739,6 +784,7 @@ class Settings:
     schema: str | None      # the curated TFDV schema (None: none yet, TFDV's inferred one is used)
     tuner: TunerConfig | None
     tune: int
+    deployment: DeploymentConfig
 
 
 def add_flags(parser) -> None:
@@ -790,7 +836,12 @@ def add_flags(parser) -> None:
         "--evaluation-config", metavar="FILE",
         help="the gates a model must pass to be pushed (default: schemas/evaluation.json): "
              "floors for overall, macro and per-class accuracy, largest drop against the "
-             "serving model, model name, evaluation split")
+             "serving model, model name, evaluation split, export parity")
+    parser.add_argument(
+        "--deployment-config", metavar="FILE",
+        help="how a candidate is checked for serving and exported for devices (default: "
+             "schemas/deployment.json): the InfraValidator's time limit, memory bound, canary "
+             "requests and tolerance; the TFLite int8 calibration set")
 
 
 def resolve(args) -> Settings:
@@ -817,4 +868,5 @@ def resolve(args) -> Settings:
         validation=load_validation(ingest.splits, args.validation_config, ingest.train_split),
         schema=str(schema.resolve()) if schema.is_file() else None,
         tuner=TunerConfig.load(args.tuner_config, trainer) if args.tune else None,
-        tune=args.tune)
+        tune=args.tune,
+        deployment=DeploymentConfig.load(args.deployment_config))

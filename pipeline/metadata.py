@@ -87,14 +87,15 @@ def file_fingerprints(data: str | list[str]) -> dict[str, str]:
     return prints
 
 
-def tree_fingerprint(folder: str | Path | None) -> str | None:
+def tree_fingerprint(folder: str | Path | None, leave_out=()) -> str | None:
     """Content hash of a folder (a SavedModel, an execution's output, its completion marker
-    aside): the same model under another path is the same."""
+    aside): the same model under another path is the same. leave_out: names of files or folders
+    at its top that do not count."""
     if not folder or not artifacts.is_dir(folder):
         return None
     digest = hashlib.sha256()
     for name in artifacts.files_under(folder):
-        if name == artifacts.MARKER:
+        if name == artifacts.MARKER or name.split("/")[0] in leave_out:
             continue
         digest.update(name.encode())
         with artifacts.open_bytes(artifacts.join(folder, name)) as f:

@@ -24,6 +24,12 @@ def write(path: str, evaluation: dict, history_csv: str, data_page: str,
     verdict = "BLESSED" if evaluation["blessed"] else "NOT BLESSED"
     outcome = (f"pushed as version {pushed['version']}: {pushed['path']}" if pushed["pushed"]
                else "not pushed; the serving model is unchanged")
+    if pushed.get("why"):  # refused after the blessing: by the InfraValidator
+        outcome = f"not pushed. {pushed['why'].rstrip('.')}"
+    outcome += "".join(f". TensorFlow Lite {name}: {how}"
+                       for name, how in (pushed.get("exports") or {}).items())
+    if pushed.get("model_card"):
+        outcome += f". Model card: {pushed['model_card']}"
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in evaluation["reasons"])
     link = os.path.relpath(data_page, os.path.dirname(path))
     figures = [("Confusion matrix", _confusion(evaluation["confusion_matrix"], classes)),

@@ -16,8 +16,8 @@ import typing
 import pipeline
 from pipeline import artifacts, config
 from pipeline.artifact_types import (ANOMALIES, DATA_PAGE, EVALUATION, EXAMPLES, HYPERPARAMETERS,
-                                     MODEL, PUSHED_MODEL, REPORT, SCHEMA, STATISTICS,
-                                     ArtifactType)
+                                     INFRA_BLESSING, MODEL, PUSHED_MODEL, REPORT, SCHEMA,
+                                     STATISTICS, TFLITE_MODELS, ArtifactType)
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
 
 
@@ -259,8 +259,20 @@ def steps() -> tuple[Step, ...]:
              inputs={"model": "Trainer", "examples": "ExampleGen",
                      "earlier": "earlier examples", "baseline": "serving model"},
              parameters=lambda c: {"gates": dataclasses.asdict(c.settings.evaluation)}),
+        Step("TFLiteExporter", TFLITE_MODELS, _export_tflite, _say_tflite,
+             inputs={"model": "Trainer", "examples": "ExampleGen", "evaluation": "Evaluator"},
+             parameters=lambda c: {"config": c.settings.deployment.tflite,
+                                   "parity": c.settings.evaluation.export_parity,
+                                   "split": c.settings.evaluation.split,
+                                   "min_class_examples": c.settings.evaluation.min_class_examples}),
+        Step("InfraValidator", INFRA_BLESSING, _infra_validate, _say_infra,
+             inputs={"model": "Trainer", "examples": "ExampleGen", "evaluation": "Evaluator"},
+             parameters=lambda c: {"config": c.settings.deployment.infra_validation,
+                                   "split": c.settings.evaluation.split}),
         Step("Pusher", PUSHED_MODEL, _push, _say_push,
-             inputs={"model": "Trainer", "evaluation": "Evaluator", "serving": "serving model"},
+             inputs={"model": "Trainer", "evaluation": "Evaluator",
+                     "infra_blessing": "InfraValidator", "exports": "TFLiteExporter",
+                     "examples": "ExampleGen", "serving": "serving model"},
              effect=lambda result: result.get("path", ""),
              parameters=lambda c: {"serving_dir": artifacts.absolute(c.args.serving_dir),
                                    "model_name": c.settings.evaluation.model_name}),
@@ -439,9 +451,8 @@ def _serving_model(run: Run) -> Output | None:
     path = serving.latest(context.args.serving_dir, context.settings.evaluation.model_name)
     if path is None:
         return None
-    content = metadata.tree_fingerprint(path)
-    pushed_here = run.store.pushed(path) is not None
-    return Output(str(path), {"content": content, "pushed_here": pushed_here},
+    content = serving.model_content(path)  # the SavedModel's: not its exports or model card
+    return Output(str(path), {"content": content, "pushed_here": run.store.pushed(path) is not None},
                   run.store.model(path, content), metadata.fingerprint(str(path), content))
 
 
@@ -673,11 +684,10 @@ def _say_trainer(context: Context, output: Output, **_) -> str:
 
 def _nothing_new(context: Context, output: Output, serving: Output | None, **_) -> str | None:
     """An identical run whose model this root already pushed: nothing to evaluate or push."""
-    from pipeline import metadata
+    from pipeline.serving import model_content
 
     if output.cached and serving and serving.result["pushed_here"] and (
-            metadata.tree_fingerprint(output.result["serving_model"])
-            == serving.result["content"]):
+            model_content(output.result["serving_model"]) == serving.result["content"]):
         return (f"Nothing new: the data, parameters and code are those of an earlier run, whose "
                 f"model already serves as {serving.uri}.")
     return None
@@ -715,23 +725,119 @@ def _say_evaluation(context: Context, output: Output, baseline: Output | None, *
           for name, n in evaluation["not_judged"].items())])
 
 
-def _push(context: Context, out: str, model: Output, evaluation: Output,
-          serving: Output | None) -> dict:
-    from components import pusher
+def _export_tflite(context: Context, out: str, model: Output, examples: Output,
+                   evaluation: Output) -> dict:
+    """TensorFlow Lite float32 and int8, each judged against the SavedModel (not made for a
+    model the Evaluator did not bless: it would not be pushed)."""
+    from components import tflite_exporter
 
+    if not evaluation.result["blessed"]:
+        return {"skipped": "the Evaluator did not bless the model"}
+    gates, ingest = context.settings.evaluation, context.settings.ingest
+    return tflite_exporter.run(MODEL.path(model.uri, "keras"), model.result["serving_model"],
+                               examples.uri, out, context.settings.deployment.tflite,
+                               gates.export_parity, ingest.classes, gates.split,
+                               gates.min_class_examples, ingest.train_split, ingest.image_size)
+
+
+def _say_tflite(context: Context, output: Output, **_) -> str:
+    made = output.result
+    if "skipped" in made:
+        return f"TFLiteExporter: skipped: {made['skipped']}"
+    parity = made["parity"]
+    lines = [f"TFLiteExporter: scored on {made['examples']:,} {made['split']} examples beside "
+             f"the SavedModel (accuracy {made['saved_model']['accuracy']:.3f}); parity gate: "
+             f"overall within {parity['accuracy']}, each class within "
+             f"{parity['class_accuracy']}" + (
+                 f" (not judged, too few examples: "
+                 f"{', '.join(f'{c} {n}' for c, n in made['not_judged'].items())})"
+                 if made["not_judged"] else "")]
+    for name, export in made["exports"].items():
+        if "accuracy" not in export:
+            lines.append(f"  {name}: NOT shipped: {'; '.join(export['reasons'])}")
+            continue
+        measured = (f"accuracy {export['accuracy']:.3f} ({export['accuracy_difference']:+.3f}), "
+                    f"top-1 agreement with the SavedModel {export['agreement']:.1%}, "
+                    f"{export['bytes'] / 1e6:.1f} MB, {export['latency_ms']['median']:.1f} ms "
+                    f"per image (one thread): {TFLITE_MODELS.path(output.uri, name)}")
+        lines.append(f"  {name}: {'ships' if export['shipped'] else 'NOT shipped'}: {measured}"
+                     + "".join(f"\n    - {reason}" for reason in export["reasons"]))
+    return "\n".join(lines)
+
+
+def _infra_validate(context: Context, out: str, model: Output, examples: Output,
+                    evaluation: Output) -> dict:
+    """The candidate loaded and queried as a server would (not for a model the Evaluator did
+    not bless: it would not be pushed)."""
+    from components import infra_validator
+
+    if not evaluation.result["blessed"]:
+        return {"skipped": "the Evaluator did not bless the model"}
+    ingest = context.settings.ingest
+    return infra_validator.run(model.result["serving_model"], MODEL.path(model.uri, "keras"),
+                               examples.uri, out, context.settings.deployment.infra_validation,
+                               ingest.classes, context.settings.evaluation.split,
+                               ingest.image_size)
+
+
+def _say_infra(context: Context, output: Output, **_) -> str:
+    verdict = output.result
+    if "skipped" in verdict:
+        return f"InfraValidator: skipped: {verdict['skipped']}"
+    bounds = verdict["bounds"]
+    head = (f"InfraValidator: {'INFRA_BLESSED' if verdict['blessed'] else 'INFRA_NOT_BLESSED'}: "
+            f"{verdict['canary_examples']} {verdict['split']} examples through "
+            f"{', '.join(verdict['signatures']) or 'the serving signatures'} in a process of "
+            f"its own (at most {bounds['memory_limit_mib']:,} MiB, {bounds['timeout_seconds']} s)")
+    if not verdict["blessed"]:
+        return "\n".join([head, *(f"  - {reason}" for reason in verdict["reasons"])])
+    timed = verdict["signatures"]["serving_default"]["latency_ms"]
+    return (f"{head}: answers as the Trainer's model (largest difference "
+            f"{max(s['max_difference'] for s in verdict['signatures'].values()):.1g}); loaded "
+            f"in {verdict['load_seconds']:.1f} s, peak {verdict['peak_memory_mib']:,.0f} MiB; "
+            f"serving_default latency batch 1 median {timed['batch_1']['median']:.1f} ms, p99 "
+            f"{timed['batch_1']['p99']:.1f} ms; batch 32 median "
+            f"{timed['batch_32']['median']:.1f} ms, p99 {timed['batch_32']['p99']:.1f} ms")
+
+
+def _push(context: Context, out: str, model: Output, evaluation: Output,
+          infra_blessing: Output | None, exports: Output | None, examples: Output,
+          serving: Output | None) -> dict:
+    """The Pusher, with the InfraValidator's verdict, the exports that ship and the model card
+    (each only when its step ran and did not skip)."""
+    from components import pusher
+    from pipeline import metadata, model_card
+
+    def made(output):
+        return output if output and "skipped" not in output.result else None
+
+    infra, tflite = made(infra_blessing), made(exports)
+    card = model_card.build(
+        context.settings.evaluation.model_name, evaluation.result, model.result,
+        examples.result, infra and infra.result, tflite and tflite.result,
+        metadata.source_commit(), context.settings.ingest.classes,
+        context.settings.ingest.split_roles) if evaluation.result["blessed"] else None
+    where = infra and INFRA_BLESSING.path(infra.uri, "result")
     return pusher.run(model.result["serving_model"], context.args.serving_dir,
-                      context.settings.evaluation.model_name, evaluation.result, out)
+                      context.settings.evaluation.model_name, evaluation.result, out,
+                      infra=infra and (where, infra.result),
+                      exports=tflite and (tflite.uri, tflite.result), card=card)
 
 
 def _say_push(context: Context, output: Output, model: Output, serving: Output | None,
               **_) -> str:
     pushed = output.result
     if pushed["pushed"]:
-        return f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
-    return (f"Pusher: not pushed (not blessed); still serving "
-            f"{serving.uri if serving else 'nothing yet'}; the model stays in "
-            f"{model.result['serving_model']} (its lineage: python -m pipeline.lineage "
-            f"--pipeline-root {context.root} --execution {model.uri})")
+        extras = [f"{name} {how}" for name, how in (pushed.get("exports") or {}).items()]
+        return (f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
+                + (f"\n  TFLite: {'; '.join(extras)}" if extras else "")
+                + (f"\n  model card: {pushed['model_card']}" if pushed.get("model_card")
+                   else ""))
+    why = (f"not pushed: {pushed['why']}" if pushed.get("refused_by")
+           else "not pushed (not blessed)")
+    return (f"Pusher: {why}; still serving {serving.uri if serving else 'nothing yet'}; the "
+            f"model stays in {model.result['serving_model']} (its lineage: python -m "
+            f"pipeline.lineage --pipeline-root {context.root} --execution {model.uri})")
 
 
 def _report(context: Context, out: str, evaluation: Output, model: Output, push: Output,

@@ -21,6 +21,16 @@ def latest(serving_dir: str, model_name: str) -> str | None:
     return artifacts.join(serving_dir, model_name, found[-1]) if found else None
 
 
+def model_content(version: str) -> str | None:
+    """The content hash of the SavedModel in a version folder (or a Trainer's serving_model):
+    what the Pusher adds beside it (on-device exports, the model card) does not count, so a
+    version and the model it was pushed from have the same content."""
+    from pipeline.artifact_types import SERVING_MODEL
+    from pipeline.metadata import tree_fingerprint
+
+    return tree_fingerprint(version, leave_out=tuple(SERVING_MODEL.files.values()))
+
+
 def load(model_dir: str):
     """The SavedModel, checked to have this pipeline's serving_default signature; or a UserError
     that says plainly why not (TFMA would fail deep inside Beam, predict with a traceback)."""

@@ -72,7 +72,7 @@ def check(root: Path, serving_dir: Path, model_name: str = "fer") -> dict:
             problems.append(f"{path} is in the serving directory but is not a complete version")
         elif not (path / "variables" / "variables.index").is_file():
             problems.append(f"{path} has no variables: an incomplete SavedModel")
-        elif metadata.tree_fingerprint(path) not in trained:
+        elif serving.model_content(path) not in trained:  # its SavedModel, not the extras
             problems.append(f"{path} is not byte-identical to any model a Trainer made")
     return {"problems": problems, "running": running, "unmarked": unmarked,
             "partial_pushes": partials, "versions": versions}

@@ -22,6 +22,7 @@ FLAGS = {
     "validation.json": ["--validation-config"],
     "tuner.json": ["--tune", "1", "--tuner-config"],
     "default_data.json": None,
+    "deployment.json": ["--deployment-config"],
 }
 NAN, INF = float("nan"), float("inf")
 _GATE = [-0.1, 1.5, NAN]
@@ -88,6 +89,8 @@ OUT_OF_BOUNDS = {
         ("max_drop_vs_serving", "macro_accuracy"): _GATE,
         ("max_drop_vs_serving", "class_accuracy", "default"): _GATE,
         ("max_drop_vs_serving", "class_accuracy", "Disgust"): _GATE,
+        ("export_parity", "accuracy"): _GATE,
+        ("export_parity", "class_accuracy"): _GATE,
     },
     "validation.json": {
         ("exposure", "dark_mean_below"): [-1, 256],
@@ -121,6 +124,15 @@ OUT_OF_BOUNDS = {
         ("usage_counts", "PublicTest"): [-1],
         ("usage_counts", "PrivateTest"): [-1],
         ("epochs",): [0, 10_001],
+    },
+    "deployment.json": {
+        ("infra_validation", "timeout_seconds"): [0, 9, 86_401, 30.5],
+        ("infra_validation", "memory_limit_mib"): [0, 1023, 2**20 + 1],
+        ("infra_validation", "canary_examples"): [0, 10_001, 2.5],
+        ("infra_validation", "tolerance"): [0, -1e-4, 0.2, NAN],
+        ("infra_validation", "latency_requests"): [0, 100_001],
+        ("tflite", "representative_images"): [0, 100_001, 1.5],
+        ("tflite", "latency_requests"): [0, 100_001],
     },
 }
 
@@ -205,7 +217,8 @@ def test_each_config_class_has_a_spec_for_each_of_its_fields():
     """Adding a field to a config class means adding its bounds (pipeline/config.py)."""
     for spec, cls in ((config.TRAINER, config.TrainerConfig),
                       (config.EVALUATION, config.EvaluationConfig),
-                      (config.TUNER, config.TunerConfig)):
+                      (config.TUNER, config.TunerConfig),
+                      (config.DEPLOYMENT, config.DeploymentConfig)):
         assert set(spec.fields) == {f.name for f in dataclasses.fields(cls)}, cls
     assert set(config.INGEST.fields) == set(config.IngestConfig.load().as_json())
 

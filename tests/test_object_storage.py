@@ -68,7 +68,7 @@ from pipeline import artifacts, metadata, serving
 root = sys.argv[1]
 print(json.dumps({"versions": serving.versions(root),
                   "folders": artifacts.listdir(root),
-                  "contents": {v: metadata.tree_fingerprint(artifacts.join(root, v))
+                  "contents": {v: serving.model_content(artifacts.join(root, v))
                                for v in artifacts.listdir(root)}}))
 """
 

@@ -58,6 +58,7 @@ def folder(tmp_path_factory):
                 "--epochs", "1", "--batch-size", "32", "--evaluation-config", str(gates),
                 "--serving-dir", "serving")
     assert "now serving version 1" in first.stdout
+    (base / "first-run.txt").write_text(first.stdout)
     return base
 
 
@@ -103,6 +104,56 @@ def test_the_serving_signatures_snippet(folder):
     out = run(folder, [sys.executable, "-c", code.replace("pipeline_root", "runs")],
               env=quiet).stdout
     assert len(eval(out.strip().splitlines()[-1])) == 2
+
+
+def test_a_version_holds_the_saved_model_the_int8_model_or_why_not_and_the_card(folder):
+    """The default-like run of the fixture (900 faces, one epoch): the InfraValidator blessed
+    the model, the TFLiteExporter judged both exports, and version 1 holds the SavedModel, the
+    int8 model (or the reason it did not ship) and the model card; the README's snippet runs the
+    int8 model; TF Serving's folder still loads as the SavedModel it was pushed from."""
+    out = (folder / "first-run.txt").read_text()
+    assert "InfraValidator: INFRA_BLESSED: 32 test examples through serving_default, " \
+           "serve_images, serve_pixels" in out
+    assert "TFLiteExporter: scored on" in out and "  int8: " in out and "  float32: " in out
+    listing = run(folder, readme("ls serving/fer/1 serving/fer/1/tflite")).stdout
+    version = folder / "serving" / "fer" / "1"
+    for name in ("saved_model.pb", "variables", "model_card.json", "model_card.html", "tflite",
+                 "README.txt", "exports.json"):
+        assert name in listing
+    exports = json.loads((version / "tflite" / "exports.json").read_text())["exports"]
+    note = (version / "tflite" / "README.txt").read_text()
+    shipped = "serving/fer/1/tflite/model_int8.tflite"
+    if exports["int8"]["shipped"]:
+        assert (folder / shipped).is_file() and "model_int8.tflite: shipped." in note
+    else:  # the snippet then runs on the export the TFLiteExporter made
+        assert not (folder / shipped).exists()
+        assert "model_int8.tflite: NOT shipped: the int8 model's" in note
+    snippet = (f'      it = tf.lite.Interpreter("{shipped}")\n'
+               '      it.allocate_tensors()\n'
+               '      it.set_tensor(it.get_input_details()[0]["index"], face_uint8)'
+               '  # [1, 48, 48, 1]\n'
+               '      it.invoke()\n'
+               '      probabilities = it.get_tensor(it.get_output_details()[0]["index"])'
+               ' / 256\n')
+    assert snippet in README
+    code = ("import pipeline; pipeline.quiet()\n"  # TensorFlow's and Google's start-up notices
+            "import numpy as np, tensorflow as tf\n"
+            "face_uint8 = np.zeros((1, 48, 48, 1), np.uint8)\n"
+            + textwrap.dedent(snippet) + "print(probabilities.shape, probabilities.sum())\n")
+    if not exports["int8"]["shipped"]:
+        code = code.replace(shipped, "runs/TFLiteExporter/1/model_int8.tflite")
+    shape, total = run(folder, [sys.executable, "-c", code]).stdout.split(")")
+    assert shape == "(1, 7" and abs(float(total) - 1) < 0.05
+    card = json.loads((version / "model_card.json").read_text())
+    assert card["model_details"]["version"]["name"] == "1"
+    trained_on, evaluated_on = card["model_parameters"]["data"]
+    evaluation = json.loads((folder / "runs" / "Evaluator" / "1" / "evaluation.json").read_text())
+    assert evaluated_on["counts"]["total"] == evaluation["examples"]
+    assert trained_on["counts"]["total"] == json.loads(
+        (folder / "runs" / "ExampleGen" / "1" / "counts.json").read_text())["written"]["train"]
+    subprocess.run([sys.executable, "-c", "import sys, tensorflow as tf; "
+                    "tf.saved_model.load(sys.argv[1]).signatures['serving_default']",
+                    str(version)], check=True, capture_output=True, timeout=120)
 
 
 def test_predictions(folder):
