@@ -140,11 +140,9 @@ def _write_requests(examples_dir: str, split: str, count: int, output_dir: str,
 
 def _trainer_answers(keras_model: str, images: np.ndarray) -> np.ndarray:
     """The probabilities of the model the Trainer trained (its model.keras), in this process."""
-    import tf_keras as keras
+    from components.model import load_trained
 
-    import components.model  # noqa: F401  (registers the layer older model.keras files name)
-
-    model = keras.models.load_model(keras_model, compile=False)
+    model = load_trained(keras_model)
     return model.predict(images.astype(np.float32), batch_size=64, verbose=0)
 
 

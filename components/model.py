@@ -57,6 +57,15 @@ class LegacyStandardizeImage(layers.Layer):
         return tf.image.per_image_standardization(images)
 
 
+def load_trained(path: str) -> keras.Model:
+    """A model.keras the Trainer saved, in Keras' safe mode: a layer that carries Python code
+    (a Lambda's marshalled function) is refused, never run. Only the .keras format honours safe
+    mode, so nothing else is read."""
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"not a .keras model file: {path}")
+    return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
 def build_cnn(image_size: int, num_classes: int, batch_norm_momentum: float = 0.99) -> keras.Model:
     """The seed architecture: four conv blocks, two dense blocks, softmax over the classes.
 

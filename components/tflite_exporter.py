@@ -55,13 +55,12 @@ def run(keras_model: str, serving_model: str, examples_dir: str, output_dir: str
     answers on `split` are the reference; calibration_split: where the int8 conversion's
     representative images come from (the train split); config: deployment.json's tflite
     entries; parity: evaluation.json's export_parity."""
-    import tf_keras as keras
+    from components.model import load_trained
 
-    import components.model  # noqa: F401  (registers the layer older model.keras files name)
-
-    cnn = keras.models.load_model(keras_model, compile=False)
+    cnn = load_trained(keras_model)
     images, labels = _read(examples_dir, split, image_size)
-    calibration, _ = _read(examples_dir, calibration_split, image_size, config["representative_images"])
+    calibration, _ = _read(examples_dir, calibration_split, image_size,
+                           config["representative_images"])
     if not len(images):
         raise ValueError(f"no {split} examples in {examples_dir}")
     reference = _saved_model_probabilities(serving_model, images)

@@ -32,7 +32,8 @@ def unsafe_calls(source: str) -> list[str]:
         name = ".".join(reversed(parts))
         flags = {k.arg for k in node.keywords
                  if isinstance(k.value, ast.Constant) and k.value.value is True}
-        if name in FORBIDDEN or "allow_pickle" in flags or "shell" in flags:
+        safe_keras = name.endswith("load_model") and "safe_mode" in flags  # .keras files only
+        if (name in FORBIDDEN and not safe_keras) or "allow_pickle" in flags or "shell" in flags:
             found.append(f"{node.lineno} {name}")
     return found
 
@@ -45,9 +46,10 @@ def test_the_pipeline_never_evaluates_or_unpickles_what_it_reads():
 
 def test_the_scan_finds_what_it_looks_for():
     code = ("eval(x)\npickle.loads(b)\nnp.load(f, allow_pickle=True)\n"
-            "subprocess.run(c, shell=True)\nos.system(c)\nre.compile(p)\nnp.load(f)\n")
+            "subprocess.run(c, shell=True)\nos.system(c)\nre.compile(p)\nnp.load(f)\n"
+            "keras.models.load_model(p)\nkeras.models.load_model(p, safe_mode=True)\n")
     assert unsafe_calls(code) == ["1 eval", "2 pickle.loads", "3 np.load", "4 subprocess.run",
-                                  "5 os.system"]
+                                  "5 os.system", "8 keras.models.load_model"]
 
 
 def _gates(tmp_path, **changes) -> Path:
@@ -89,3 +91,24 @@ def test_only_integer_folders_holding_a_saved_model_are_versions(tmp_path):
         if name != "6":
             (tmp_path / name / "saved_model.pb").write_bytes(b"")
     assert serving.versions(tmp_path) == [1, 12]
+
+
+def test_a_trained_model_that_carries_code_is_refused_not_run(tmp_path):
+    """components.model.load_trained: a Lambda layer's marshalled function is never run; an
+    older format, where safe mode does not apply, is not read at all."""
+    import tf_keras as keras
+
+    from components.model import load_trained
+
+    ran = tmp_path / "ran"
+    marker = str(ran)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(
+        lambda x: x + len(open(marker, "w").name))])
+    model.save(tmp_path / "model.keras")
+    model.save(tmp_path / "model.h5")
+    ran.unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="(?i)lambda"):
+        load_trained(str(tmp_path / "model.keras"))
+    with pytest.raises(ValueError, match="not a .keras model file"):
+        load_trained(str(tmp_path / "model.h5"))
+    assert not ran.exists()
