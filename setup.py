@@ -27,6 +27,11 @@ PINS = [
     "optuna==4.5.0",  # the Tuner (--tune)
     # Face detection for pipeline.predict: the cascades' weights ship inside the wheel.
     "opencv-python-headless==4.10.0.84",
+    # ONNX, the third export beside TFLite's two: the newest onnx (1.23) is built for protobuf
+    # 5, which TensorFlow 2.16 excludes; 1.17 and onnxruntime 1.20 work with its protobuf 4.25.
+    "tf2onnx==1.17.0",
+    "onnx==1.17.0",
+    "onnxruntime==1.20.1",
     "pillow==13.0.0",  # predict's image decoding: size from the header, EXIF, GIF/WebP/TIFF/CMYK
     # pkg_resources, which TensorBoard's command line imports (`tensorboard --logdir`): gone
     # from setuptools 81, a warning at every import from 80.9.

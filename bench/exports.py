@@ -1,12 +1,12 @@
-"""On-device exports against the SavedModel, in one run, same model and images: file size,
-accuracy and top-1 agreement on the test split, per-image latency.
+"""The exports (TFLite float32 and int8, ONNX) against the SavedModel, in one run, same model
+and images: file size, accuracy and top-1 agreement on the test split, per-image latency.
 
-It calls the components directly, not the pipeline: components.tflite_exporter.run converts and
-scores the Trainer's model (float32, and int8 calibrated on the train split) exactly as the
-TFLiteExporter step does, then each model answers one image at a time, `--requests` times after
-two warm-up calls: the SavedModel's serve_images signature (TensorFlow, its default threads) and
-each TFLite model with the TFLite interpreter on 1 thread (a phone's core) and on every core
-this process may use. Without --trainer and --examples it runs the pipeline's default command
+It calls the components directly, not the pipeline: components.exporter.run converts and
+scores the Trainer's model (TFLite float32, TFLite int8 calibrated on the train split, ONNX)
+exactly as the Exporter step does, then each model answers one image at a time, `--requests`
+times after two warm-up calls: the SavedModel's serve_images signature (TensorFlow, its default
+threads) and each export in its runtime (the TFLite interpreter, onnxruntime) on 1 thread (a
+phone's core) and on every core this process may use. Without --trainer and --examples it runs the pipeline's default command
 first (about 4 minutes on 2 cores) in a temporary folder and takes its Trainer and ExampleGen.
 
     python bench/exports.py [--trainer ROOT/Trainer/N --examples ROOT/ExampleGen/N]
@@ -25,9 +25,10 @@ import pipeline  # noqa: E402
 pipeline.quiet()  # before TensorFlow loads
 import tensorflow as tf  # noqa: E402
 
-from components import tflite_exporter  # noqa: E402
-from pipeline.artifact_types import MODEL, TFLITE_MODELS  # noqa: E402
+from components import exporter  # noqa: E402
+from pipeline.artifact_types import EXPORTED_MODELS, MODEL  # noqa: E402
 from pipeline.config import DeploymentConfig, EvaluationConfig, IngestConfig  # noqa: E402
+
 
 
 def main() -> int:
@@ -43,13 +44,13 @@ def main() -> int:
     gates = EvaluationConfig.load(ingest.classes, ingest.splits)
     work = tempfile.mkdtemp(prefix="bench-exports-")
     started = time.perf_counter()
-    result = tflite_exporter.run(
+    result = exporter.run(
         MODEL.path(args.trainer, "keras"), MODEL.path(args.trainer, "serving_model"),
-        args.examples, work, DeploymentConfig.load().tflite, gates.export_parity,
-        ingest.classes, gates.split, gates.min_class_examples, ingest.train_split,
-        ingest.image_size)
+        args.examples, work, DeploymentConfig.load().exports, gates.export_parity,
+        gates.confidence, ingest.classes, gates.split, gates.min_class_examples,
+        ingest.train_split, ingest.image_size)
     seconds = time.perf_counter() - started
-    images = tflite_exporter._read(args.examples, gates.split, ingest.image_size, 1)[0]
+    images = exporter._read(args.examples, gates.split, ingest.image_size, 1)[0]
     cores = len(os.sched_getaffinity(0))
 
     serve = tf.saved_model.load(MODEL.path(args.trainer, "serving_model")).signatures[
@@ -72,12 +73,12 @@ def main() -> int:
           f"- | - | - | {saved_ms[0]:.2f} / {saved_ms[1]:.2f} (TensorFlow's threads) |")
     for name, export in result["exports"].items():
         if "accuracy" not in export:
-            print(f"| TFLite {name} | - | - | - | - | no: {'; '.join(export['reasons'])} | - | - |")
+            print(f"| {export['format']} | - | - | - | - | no: {'; '.join(export['reasons'])} | - | - |")
             continue
-        flatbuffer = open(TFLITE_MODELS.path(work, name), "rb").read()
-        one, every = (latency(flatbuffer, images, threads, args.requests)
-                      for threads in (1, cores))
-        print(f"| TFLite {name} | {export['bytes'] / 1e6:.1f} | {export['accuracy']:.3f} | "
+        model = open(EXPORTED_MODELS.path(work, name), "rb").read()
+        one, every = ((lambda t: (t["median"], t["p99"]))(exporter.latency(
+            name, model, images, args.requests, threads)) for threads in (1, cores))
+        print(f"| {export['format']} | {export['bytes'] / 1e6:.1f} | {export['accuracy']:.3f} | "
               f"{export['accuracy_difference']:+.3f} | {export['agreement']:.1%} | "
               f"{'yes' if export['shipped'] else 'no: ' + '; '.join(export['reasons'])} | "
               f"{one[0]:.2f} / {one[1]:.2f} | {every[0]:.2f} / {every[1]:.2f} |")
@@ -99,14 +100,6 @@ def timed(call, requests: int) -> tuple[float, float]:
         call()
         times.append((time.perf_counter() - started) * 1000)
     return float(np.median(times)), float(np.percentile(times, 99))
-
-
-def latency(flatbuffer: bytes, image: np.ndarray, threads: int, requests: int):
-    model = tflite_exporter.interpreter(flatbuffer, threads)
-    model.resize_tensor_input(model.get_input_details()[0]["index"], list(image.shape))
-    with tflite_exporter.native_output_silenced():
-        model.allocate_tensors()
-        return timed(lambda: tflite_exporter._invoke(model, image), requests)
 
 
 def default_run() -> tuple[str, str]:

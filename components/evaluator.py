@@ -43,6 +43,7 @@ from pipeline import artifacts, serving
 from pipeline.artifact_types import EVALUATION
 from pipeline.config import LABEL_FEATURE, EvaluationConfig
 from pipeline.errors import UserError
+from pipeline.evidence import paired_change
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 PAIRED = "paired_outcomes"  # stored by TFMA as paired_outcomes_diff (a cross-model metric)
@@ -250,8 +251,8 @@ def _judge(gates: EvaluationConfig, metrics: dict, classes, judged_names: list[s
         measures.insert(1, macro)
     if BASELINE in metrics:
         table = metrics[CANDIDATE]["paired"]
-        _against_serving(overall, *_paired(table.sum(axis=0)), z)
-        changes = [_paired(table[c]) for c in judged]
+        _against_serving(overall, *paired_change(table.sum(axis=0)), z)
+        changes = [paired_change(table[c]) for c in judged]
         for measure, change in zip(per_class, changes):
             _against_serving(measure, *change, z)
         if judged:
@@ -294,19 +295,6 @@ def _accuracy_variance(k, n) -> float:
     of n are not taken as certain."""
     p = (k + 2) / (n + 4)
     return p * (1 - p) / (n + 4)
-
-
-def _paired(row) -> tuple[float, float]:
-    """(candidate minus baseline accuracy, its standard error) from paired counts [both right,
-    only the candidate, only the baseline, neither]: the observed difference, and the standard
-    error of the Wald interval with Agresti and Min's 0.5 added to each cell (Statistics in
-    Medicine, 2005), which stays honest when the two models disagree on few examples."""
-    n = float(sum(row))
-    change = (row[1] - row[2]) / n if n else 0.0
-    both, only_new, only_old, neither = (float(v) + 0.5 for v in row)
-    m = both + only_new + only_old + neither
-    variance = ((only_new + only_old) - (only_new - only_old) ** 2 / m) / (m * m)
-    return float(change), math.sqrt(max(variance, 0.0))
 
 
 def _against_serving(measure: _Measure, change: float, error: float, z: float) -> None:

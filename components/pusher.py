@@ -10,9 +10,9 @@ or removed, and the model serving already is not pushed again: pushing is idempo
 
 A model is pushed only when the Evaluator blessed it and, when the InfraValidator ran, it
 blessed it too (TFX's Pusher requires both). Beside the SavedModel the version gets what the
-devices and the people need, inside it before it counts: tflite/ with each TensorFlow Lite export
-that passed its parity gate, the exports' record (exports.json) and README.txt saying what
-shipped and why the others did not; and the model card (model_card.json, model_card.html). TF
+devices and the people need, inside it before it counts: exports/ with each export (TensorFlow
+Lite float32 and int8, ONNX) that passed its parity gate, the exports' record (exports.json)
+and README.txt saying what shipped and why the others did not; and the model card (model_card.json, model_card.html). TF
 Serving loads only the SavedModel's own files (saved_model.pb, variables/, assets/) and ignores
 the rest of the folder; a version's content, for idempotence and for "what serves", is its
 SavedModel's (serving.model_content).
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from pipeline import artifacts, model_card, serving
-from pipeline.artifact_types import PUSHED_MODEL, SERVING_MODEL, TFLITE_MODELS
+from pipeline.artifact_types import PUSHED_MODEL, SERVING_MODEL, EXPORTED_MODELS
 from pipeline.errors import UserError
 
 
@@ -29,7 +29,7 @@ def run(model_dir: str, serving_dir: str, model_name: str, evaluation: dict,
         output_dir: str, infra: tuple[str, dict] | None = None,
         exports: tuple[str, dict] | None = None, card: dict | None = None) -> dict:
     """Push model_dir if `evaluation` (and `infra`, the InfraValidator's (folder, verdict))
-    blessed it, with the exports (the TFLiteExporter's (folder, exports.json)) that passed and
+    blessed it, with the exports (the Exporter's (folder, exports.json)) that passed and
     the model card (model_card.build's, without its version); returns (and stores) what was
     done and why."""
     if not evaluation["blessed"]:
@@ -80,29 +80,31 @@ def _shipped(exports: tuple[str, dict] | None) -> list[str]:
 
 
 def _add_exports(folder: str, exports: tuple[str, dict] | None, shipped: list[str]) -> None:
-    """tflite/ in a version: the exports that passed, their record, and a note on each."""
+    """exports/ in a version: the exports that passed, their record, and a note on each."""
     if not exports or not exports[1].get("exports"):
         return
     source, record = exports
-    target = SERVING_MODEL.path(folder, "tflite")
+    target = SERVING_MODEL.path(folder, "exports")
     for name in shipped:
-        artifacts.copy_file(TFLITE_MODELS.path(source, name), TFLITE_MODELS.path(target, name))
-    artifacts.copy_file(TFLITE_MODELS.path(source, "exports"), TFLITE_MODELS.path(target,
+        artifacts.copy_file(EXPORTED_MODELS.path(source, name), EXPORTED_MODELS.path(target, name))
+    artifacts.copy_file(EXPORTED_MODELS.path(source, "exports"), EXPORTED_MODELS.path(target,
                                                                                    "exports"))
-    artifacts.write_text(TFLITE_MODELS.path(target, "notes"), exports_note(record, shipped))
+    artifacts.write_text(EXPORTED_MODELS.path(target, "notes"), exports_note(record, shipped))
 
 
 def exports_note(record: dict, shipped: list[str]) -> str:
-    """What tflite/README.txt says: each export, shipped or not and why."""
+    """What exports/README.txt says: each export, shipped or not and why."""
     saved = record["saved_model"]["accuracy"]
     parity = record["parity"]
-    lines = [f"TensorFlow Lite exports of this version, scored with the TFLite interpreter on the "
-             f"{record['examples']} {record['split']} examples beside the SavedModel (accuracy "
-             f"{saved:.3f}). Parity gate (evaluation.json, export_parity): overall within "
-             f"{parity['accuracy']}, each class with at least {record['min_class_examples']} "
-             f"examples within {parity['class_accuracy']}.", ""]
+    lines = [f"Exports of this version, each scored in its runtime (the TFLite interpreter, "
+             f"onnxruntime) on the {record['examples']} {record['split']} examples beside the SavedModel (accuracy "
+             f"{saved:.3f}). Parity gate (evaluation.json, export_parity): an export is held back "
+             f"when it is behind the SavedModel by more than {parity['accuracy']} overall, or "
+             f"{parity['class_accuracy']} in a class with at least "
+             f"{record['min_class_examples']} examples, and the "
+             f"{record['confidence']:.0%} interval of the difference lies wholly below 0.", ""]
     for name, export in record["exports"].items():
-        file = Path(TFLITE_MODELS.files[name]).name
+        file = Path(EXPORTED_MODELS.files[name]).name
         if name in shipped:
             lines.append(f"{file}: shipped. Accuracy {export['accuracy']:.3f}; input "
                          f"{export['input']}; output {export['output']}; "

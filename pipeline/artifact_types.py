@@ -35,9 +35,9 @@ MODEL = ArtifactType("Model", {
     "summary": "training.json", "logs": "logs", "checkpoints": "checkpoints"})
 EVALUATION = ArtifactType("ModelEvaluation", {"evaluation": "evaluation.json", "tfma": "tfma",
                                               "blessed": "BLESSED", "not_blessed": "NOT_BLESSED"})
-TFLITE_MODELS = ArtifactType("TFLiteModels", {  # also the layout of a version's tflite/
-    "float32": "model_float32.tflite", "int8": "model_int8.tflite", "exports": "exports.json",
-    "notes": "README.txt"})
+EXPORTED_MODELS = ArtifactType("ExportedModels", {  # also the layout of a version's exports/
+    "float32": "model_float32.tflite", "int8": "model_int8.tflite", "onnx": "model.onnx",
+    "exports": "exports.json", "notes": "README.txt"})
 INFRA_BLESSING = ArtifactType("InfraBlessing", {
     "result": "infra_blessing.json", "blessed": "INFRA_BLESSED", "not_blessed": "INFRA_NOT_BLESSED",
     "examples": "canary_examples.tfrecord", "requests": "canary_requests.npz",
@@ -48,8 +48,8 @@ REPORT = ArtifactType("RunReport", {"page": "report.html"})
 INFERENCE = ArtifactType("InferenceResult", {"counts": "counts.json", "quarantine": "quarantine"})
 # Inputs that no step produces: a file the data came from, a model found serving. A served
 # version is a SavedModel (what TF Serving loads; nothing else in the folder counts towards its
-# content, serving.model_content) with what the Pusher adds beside it: the on-device exports
-# that passed their parity gate (tflite/, laid out as TFLITE_MODELS) and the model card.
+# content, serving.model_content) with what the Pusher adds beside it: the exports (TFLite,
+# ONNX) that passed their parity gate (exports/, laid out as EXPORTED_MODELS) and the model card.
 DATA_FILE = ArtifactType("DataFile")
 SERVING_MODEL = ArtifactType("ServingModel", {
-    "tflite": "tflite", "card": "model_card.json", "card_page": "model_card.html"})
+    "exports": "exports", "card": "model_card.json", "card_page": "model_card.html"})

@@ -546,7 +546,8 @@ class EvaluationConfig:
 
     export_parity: how far an on-device export (TFLite float32, int8) may fall below the
     SavedModel on the same split, overall and in each class judged (min_class_examples): an
-    export beyond it is not shipped with the version.
+    export shown to be further behind (the paired interval wholly below 0, as for a drop) is
+    not shipped with the version.
     """
 
     model_name: str
@@ -557,7 +558,7 @@ class EvaluationConfig:
     max_earlier_runs: int
     floors: dict
     max_drop_vs_serving: dict
-    export_parity: dict  # {"accuracy": d, "class_accuracy": d}: see TFLiteExporter
+    export_parity: dict  # {"accuracy": d, "class_accuracy": d}: see Exporter
 
     @classmethod
     def load(cls, classes, splits, path: str | Path | None = None) -> "EvaluationConfig":
@@ -598,7 +599,7 @@ DEPLOYMENT = Obj({
                                  "served and the Trainer's"),
         "latency_requests": Whole(1, 100_000),
     }),
-    "tflite": Obj({
+    "exports": Obj({
         "representative_images": Whole(1, 100_000),
         "latency_requests": Whole(1, 100_000),
     }),
@@ -613,11 +614,11 @@ class DeploymentConfig:
     to memory_limit_mib of address space and timeout_seconds, sends canary_examples test
     examples through each serving signature, requires every probability within `tolerance` of
     the Trainer's own, and times latency_requests requests of batch 1 and of batch 32.
-    tflite: the TFLiteExporter calibrates the int8 model on representative_images training
+    exports: the Exporter calibrates the int8 model on representative_images training
     images and times latency_requests single-image calls of each export."""
 
     infra_validation: dict
-    tflite: dict
+    exports: dict
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "DeploymentConfig":

@@ -51,7 +51,7 @@ def build(model_name: str, evaluation: dict, training: dict, examples: dict,
           split_roles: dict) -> dict:
     """The card of a model about to be pushed (Pusher fills in its version with `complete`).
     evaluation: evaluation.json; training: training.json; examples: ExampleGen's counts.json;
-    infra: infra_blessing.json; exports: the TFLiteExporter's exports.json; split_roles:
+    infra: infra_blessing.json; exports: the Exporter's exports.json; split_roles:
     ingest.json's (which split trained the model, which chose its epoch)."""
     classes = list(classes)
     tested = dict(zip(classes, (sum(row) for row in evaluation["confusion_matrix"])))
@@ -96,10 +96,10 @@ def build(model_name: str, evaluation: dict, training: dict, examples: dict,
     for name, export in ((exports or {}).get("exports") or {}).items():
         parity = exports["parity"]
         metrics.append(metric(
-            f"accuracy, TensorFlow Lite {name}", export.get("accuracy"), "overall",
-            threshold=f"within {parity['accuracy']} of the SavedModel overall, "
-                      f"{parity['class_accuracy']} in each judged class",
-            description=("shipped in tflite/" if export["shipped"] else
+            f"accuracy, {export['format']}", export.get("accuracy"), "overall",
+            threshold=f"not shown behind the SavedModel by more than {parity['accuracy']} "
+                      f"overall, {parity['class_accuracy']} in each judged class",
+            description=("shipped in exports/" if export["shipped"] else
                          "not shipped: " + "; ".join(export["reasons"]))))
     for name, signature in ((infra or {}).get("signatures") or {}).items():
         for batch, timed in ((signature.get("latency_ms") or {}).items()):

@@ -17,7 +17,7 @@ import pipeline
 from pipeline import artifacts, config
 from pipeline.artifact_types import (ANOMALIES, DATA_PAGE, EVALUATION, EXAMPLES, HYPERPARAMETERS,
                                      INFRA_BLESSING, MODEL, PUSHED_MODEL, REPORT, SCHEMA,
-                                     STATISTICS, TFLITE_MODELS, ArtifactType)
+                                     STATISTICS, EXPORTED_MODELS, ArtifactType)
 from pipeline.errors import IntegrityError, UserError, disk_error, report_error
 
 
@@ -259,10 +259,11 @@ def steps() -> tuple[Step, ...]:
              inputs={"model": "Trainer", "examples": "ExampleGen",
                      "earlier": "earlier examples", "baseline": "serving model"},
              parameters=lambda c: {"gates": dataclasses.asdict(c.settings.evaluation)}),
-        Step("TFLiteExporter", TFLITE_MODELS, _export_tflite, _say_tflite,
+        Step("Exporter", EXPORTED_MODELS, _export_tflite, _say_tflite,
              inputs={"model": "Trainer", "examples": "ExampleGen", "evaluation": "Evaluator"},
-             parameters=lambda c: {"config": c.settings.deployment.tflite,
+             parameters=lambda c: {"config": c.settings.deployment.exports,
                                    "parity": c.settings.evaluation.export_parity,
+                                   "confidence": c.settings.evaluation.confidence,
                                    "split": c.settings.evaluation.split,
                                    "min_class_examples": c.settings.evaluation.min_class_examples}),
         Step("InfraValidator", INFRA_BLESSING, _infra_validate, _say_infra,
@@ -271,7 +272,7 @@ def steps() -> tuple[Step, ...]:
                                    "split": c.settings.evaluation.split}),
         Step("Pusher", PUSHED_MODEL, _push, _say_push,
              inputs={"model": "Trainer", "evaluation": "Evaluator",
-                     "infra_blessing": "InfraValidator", "exports": "TFLiteExporter",
+                     "infra_blessing": "InfraValidator", "exports": "Exporter",
                      "examples": "ExampleGen", "serving": "serving model"},
              effect=lambda result: result.get("path", ""),
              parameters=lambda c: {"serving_dir": artifacts.absolute(c.args.serving_dir),
@@ -729,26 +730,27 @@ def _export_tflite(context: Context, out: str, model: Output, examples: Output,
                    evaluation: Output) -> dict:
     """TensorFlow Lite float32 and int8, each judged against the SavedModel (not made for a
     model the Evaluator did not bless: it would not be pushed)."""
-    from components import tflite_exporter
+    from components import exporter
 
     if not evaluation.result["blessed"]:
         return {"skipped": "the Evaluator did not bless the model"}
     gates, ingest = context.settings.evaluation, context.settings.ingest
-    return tflite_exporter.run(MODEL.path(model.uri, "keras"), model.result["serving_model"],
-                               examples.uri, out, context.settings.deployment.tflite,
-                               gates.export_parity, ingest.classes, gates.split,
-                               gates.min_class_examples, ingest.train_split, ingest.image_size)
+    return exporter.run(MODEL.path(model.uri, "keras"), model.result["serving_model"],
+                               examples.uri, out, context.settings.deployment.exports,
+                               gates.export_parity, gates.confidence, ingest.classes,
+                               gates.split, gates.min_class_examples, ingest.train_split,
+                               ingest.image_size)
 
 
 def _say_tflite(context: Context, output: Output, **_) -> str:
     made = output.result
     if "skipped" in made:
-        return f"TFLiteExporter: skipped: {made['skipped']}"
+        return f"Exporter: skipped: {made['skipped']}"
     parity = made["parity"]
-    lines = [f"TFLiteExporter: scored on {made['examples']:,} {made['split']} examples beside "
+    lines = [f"Exporter: scored on {made['examples']:,} {made['split']} examples beside "
              f"the SavedModel (accuracy {made['saved_model']['accuracy']:.3f}); parity gate: "
-             f"overall within {parity['accuracy']}, each class within "
-             f"{parity['class_accuracy']}" + (
+             f"held back if shown behind by more than {parity['accuracy']} overall or "
+             f"{parity['class_accuracy']} in a class" + (
                  f" (not judged, too few examples: "
                  f"{', '.join(f'{c} {n}' for c, n in made['not_judged'].items())})"
                  if made["not_judged"] else "")]
@@ -759,7 +761,7 @@ def _say_tflite(context: Context, output: Output, **_) -> str:
         measured = (f"accuracy {export['accuracy']:.3f} ({export['accuracy_difference']:+.3f}), "
                     f"top-1 agreement with the SavedModel {export['agreement']:.1%}, "
                     f"{export['bytes'] / 1e6:.1f} MB, {export['latency_ms']['median']:.1f} ms "
-                    f"per image (one thread): {TFLITE_MODELS.path(output.uri, name)}")
+                    f"per image (one thread): {EXPORTED_MODELS.path(output.uri, name)}")
         lines.append(f"  {name}: {'ships' if export['shipped'] else 'NOT shipped'}: {measured}"
                      + "".join(f"\n    - {reason}" for reason in export["reasons"]))
     return "\n".join(lines)

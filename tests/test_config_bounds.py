@@ -131,8 +131,8 @@ OUT_OF_BOUNDS = {
         ("infra_validation", "canary_examples"): [0, 10_001, 2.5],
         ("infra_validation", "tolerance"): [0, -1e-4, 0.2, NAN],
         ("infra_validation", "latency_requests"): [0, 100_001],
-        ("tflite", "representative_images"): [0, 100_001, 1.5],
-        ("tflite", "latency_requests"): [0, 100_001],
+        ("exports", "representative_images"): [0, 100_001, 1.5],
+        ("exports", "latency_requests"): [0, 100_001],
     },
 }
 

@@ -1,6 +1,6 @@
 """Deployment: the InfraValidator (a fresh, bounded serving process; canary requests through
 every signature against the Trainer's own answers) refuses a broken candidate and the Pusher then
-pushes nothing; the TFLiteExporter's int8 rewrite answers as the CNN does, its parity gate decides
+pushes nothing; the Exporter's int8 rewrite answers as the CNN does, its parity gate decides
 what ships; the Pusher puts the exports that pass and the model card into the version. Each
 component called directly, on small hand-made models and examples."""
 import json
@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from components import infra_validator, pusher, tflite_exporter, trainer
+from components import infra_validator, pusher, exporter, trainer
 from components.model import StandardizeImage, build_cnn
 from pipeline import artifacts, model_card, serving
-from pipeline.artifact_types import INFRA_BLESSING, SERVING_MODEL, TFLITE_MODELS
+from pipeline.artifact_types import INFRA_BLESSING, SERVING_MODEL, EXPORTED_MODELS
 from pipeline.config import (LABEL_FEATURE, PIXELS_FEATURE, DeploymentConfig, IngestConfig)
 from tests.helpers import pixels_for
 
@@ -181,7 +181,7 @@ def test_the_int8_rewrite_answers_as_the_cnn_does():
     layers, dead units zeroed: the same probabilities in float."""
     cnn = with_statistics(build_cnn(48, 7))
     images = np.stack([pixels_for(i).reshape(48, 48, 1) for i in range(8)]).astype(np.uint8)
-    copy, difference = tflite_exporter.equalized(cnn, images)
+    copy, difference = exporter.equalized(cnn, images)
     assert difference < 1e-4
     norms = [layer for layer in copy.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert all(set(np.abs(layer.gamma.numpy()[::5])) == {0.0} for layer in norms)  # dead units
@@ -190,39 +190,73 @@ def test_the_int8_rewrite_answers_as_the_cnn_does():
                for layer in convolution_norms)
 
 
+@pytest.mark.parametrize("wrong, better, held_back", [
+    ({c: 30 for c in CLASSES}, {}, ["overall", *CLASSES]),  # every face wrong
+    ({"Fear": 2}, {}, []),  # two faces of 30: 0.067 behind, but the evidence shows nothing
+    ({}, {"Happy": 5}, []),  # the export answers better than the SavedModel
+    ({"Fear": 12}, {}, ["overall", "Fear"]),  # 0.4 behind in Fear; 0.057 overall, both shown
+])
+def test_the_parity_gate_holds_back_only_what_the_evidence_shows_behind(wrong, better,
+                                                                        held_back):
+    labels = np.repeat(np.arange(7), 30)
+    reference, export = np.eye(7)[labels], np.eye(7)[labels]
+    for name, n in wrong.items():
+        rows = np.flatnonzero(labels == CLASSES.index(name))[:n]
+        export[rows] = np.eye(7)[(labels[rows] + 1) % 7]
+    for name, n in better.items():
+        rows = np.flatnonzero(labels == CLASSES.index(name))[:n]
+        reference[rows] = np.eye(7)[(labels[rows] + 1) % 7]
+    reasons, differences = exporter._parity(
+        "int8", export, reference, labels, CLASSES, CLASSES,
+        {"accuracy": 0.01, "class_accuracy": 0.03}, 0.95)
+    named = ["overall" if "overall accuracy" in r else r.split("of class ")[1].split(" ")[0]
+             for r in reasons]
+    assert named == held_back
+    assert all("wholly below 0" in r for r in reasons)
+    for name, n in wrong.items():
+        assert differences[name]["change"] == pytest.approx(-n / 30)
+    assert all(-1 <= d["low"] <= d["change"] <= d["high"] <= 1 for d in differences.values())
+
+
 def test_exports_are_judged_and_those_that_pass_ship_with_the_version_and_its_card(
         setup, tmp_path, monkeypatch):
     base, examples, keras_model, saved, _ = setup
     made = tmp_path / "exports"
     made.mkdir()
-    tflite = {"representative_images": 16, "latency_requests": 2}
-    interpret, calls = tflite_exporter.interpret, []
+    settings = {"representative_images": 16, "latency_requests": 2}
+    interpret, scored = exporter.interpret, []
 
-    def int8_answers_otherwise(flatbuffer, images, threads=None):
-        """The int8 export (the second scored) answers the next class: always wrong."""
-        calls.append(len(images))
-        answers = interpret(flatbuffer, images, threads)
-        return np.roll(answers, 1, axis=1) if len(calls) == 2 else answers
+    def int8_answers_otherwise(name, model, images):
+        """The int8 export answers the next class: wrong wherever it was right."""
+        scored.append(name)
+        answers = interpret(name, model, images)
+        return np.roll(answers, 1, axis=1) if name == "int8" else answers
 
-    monkeypatch.setattr(tflite_exporter, "interpret", int8_answers_otherwise)
+    monkeypatch.setattr(exporter, "interpret", int8_answers_otherwise)
     parity = {"accuracy": 0.01, "class_accuracy": 0.03}
-    result = tflite_exporter.run(keras_model, saved, examples, str(made), tflite, parity,
-                                 CLASSES, "test", min_class_examples=3,
-                                 calibration_split="train")
+    result = exporter.run(keras_model, saved, examples, str(made), settings, parity, 0.95,
+                          CLASSES, "test", min_class_examples=3, calibration_split="train")
+    assert scored == ["float32", "int8", "onnx"]
     exports = result["exports"]
     assert result["examples"] == 21 and result["representative_images"] == 16
     assert result["class_examples"] == {c: 3 for c in CLASSES} and result["not_judged"] == {}
     assert exports["float32"]["max_probability_difference"] < 1e-4
     assert exports["float32"]["shipped"] and exports["float32"]["accuracy_difference"] == 0
+    # ONNX through onnxruntime answers as the SavedModel does.
+    assert exports["onnx"]["shipped"] and exports["onnx"]["max_probability_difference"] < 1e-4
+    assert exports["onnx"]["agreement"] == 1.0 and exports["onnx"]["opset"] == 17
     assert exports["int8"]["equalization_max_difference"] < 1e-4
-    for name in ("float32", "int8"):
-        assert (made / TFLITE_MODELS.files[name]).stat().st_size == exports[name]["bytes"]
+    for name in ("float32", "int8", "onnx"):
+        assert (made / EXPORTED_MODELS.files[name]).stat().st_size == exports[name]["bytes"]
     assert not exports["int8"]["shipped"] and exports["int8"]["agreement"] < 0.5
-    # Every class the SavedModel gets right, the int8 model gets wrong.
-    right = [c for c, v in result["saved_model"]["class_accuracy"].items() if v]
-    assert right and all(any(f"the int8 model's accuracy of class {c} is " in r and
-                             "(at most 0.030 allowed)" in r for r in exports["int8"]["reasons"])
-                         for c in right)
+    # The reasons are exactly the differences the evidence shows (the rule: the test above).
+    int8 = exports["int8"]
+    shown = [c for c in ("accuracy", *CLASSES) if int8["paired_difference"][c]["high"] < 0 and
+             -int8["paired_difference"][c]["change"] > (0.01 if c == "accuracy" else 0.03)]
+    assert shown and len(int8["reasons"]) == len(shown)
+    assert all(any(f"accuracy of class {c} is " in r for r in int8["reasons"])
+               for c in shown if c != "accuracy")
+    assert not exports["float32"]["reasons"] and not exports["onnx"]["reasons"]
 
     training = {"examples_per_split": {"train": 21, "eval": 0}, "train_class_counts": {
         c: 3 for c in CLASSES}, "examples": examples, "epochs_run": 1, "best_epoch": 1,
@@ -243,13 +277,15 @@ def test_exports_are_judged_and_those_that_pass_ship_with_the_version_and_its_ca
                         str(tmp_path / "pusher"), exports=(str(made), result), card=card)
     version = tmp_path / "serving" / "fer" / "1"
     assert pushed["pushed"] and pushed["path"] == str(version)
-    assert pushed["exports"]["float32"] == "shipped"
+    assert pushed["exports"]["float32"] == pushed["exports"]["onnx"] == "shipped"
     assert pushed["exports"]["int8"].startswith("not shipped: the int8 model's")
-    tflite_dir = version / SERVING_MODEL.files["tflite"]
-    assert (tflite_dir / TFLITE_MODELS.files["float32"]).exists()
-    assert not (tflite_dir / TFLITE_MODELS.files["int8"]).exists()
-    note = (tflite_dir / TFLITE_MODELS.files["notes"]).read_text()
+    shipped = version / SERVING_MODEL.files["exports"]
+    assert (shipped / EXPORTED_MODELS.files["float32"]).exists()
+    assert (shipped / EXPORTED_MODELS.files["onnx"]).exists()
+    assert not (shipped / EXPORTED_MODELS.files["int8"]).exists()
+    note = (shipped / EXPORTED_MODELS.files["notes"]).read_text()
     assert "model_float32.tflite: shipped." in note and "model_int8.tflite: NOT shipped: " in note
+    assert "model.onnx: shipped." in note
     # TF Serving's folder still: the SavedModel loads, and its content is the Trainer's.
     serving.load(str(version))
     assert serving.model_content(str(version)) == serving.model_content(saved)

@@ -108,24 +108,25 @@ def test_the_serving_signatures_snippet(folder):
 
 def test_a_version_holds_the_saved_model_the_int8_model_or_why_not_and_the_card(folder):
     """The default-like run of the fixture (900 faces, one epoch): the InfraValidator blessed
-    the model, the TFLiteExporter judged both exports, and version 1 holds the SavedModel, the
+    the model, the Exporter judged both exports, and version 1 holds the SavedModel, the
     int8 model (or the reason it did not ship) and the model card; the README's snippet runs the
     int8 model; TF Serving's folder still loads as the SavedModel it was pushed from."""
     out = (folder / "first-run.txt").read_text()
     assert "InfraValidator: INFRA_BLESSED: 32 test examples through serving_default, " \
            "serve_images, serve_pixels" in out
-    assert "TFLiteExporter: scored on" in out and "  int8: " in out and "  float32: " in out
-    listing = run(folder, readme("ls serving/fer/1 serving/fer/1/tflite")).stdout
+    assert "Exporter: scored on" in out and all(f"  {name}: " in out
+                                                for name in ("float32", "int8", "onnx"))
+    listing = run(folder, readme("ls serving/fer/1 serving/fer/1/exports")).stdout
     version = folder / "serving" / "fer" / "1"
-    for name in ("saved_model.pb", "variables", "model_card.json", "model_card.html", "tflite",
-                 "README.txt", "exports.json"):
+    for name in ("saved_model.pb", "variables", "model_card.json", "model_card.html", "exports",
+                 "model.onnx", "README.txt", "exports.json"):
         assert name in listing
-    exports = json.loads((version / "tflite" / "exports.json").read_text())["exports"]
-    note = (version / "tflite" / "README.txt").read_text()
-    shipped = "serving/fer/1/tflite/model_int8.tflite"
+    exports = json.loads((version / "exports" / "exports.json").read_text())["exports"]
+    note = (version / "exports" / "README.txt").read_text()
+    shipped = "serving/fer/1/exports/model_int8.tflite"
     if exports["int8"]["shipped"]:
         assert (folder / shipped).is_file() and "model_int8.tflite: shipped." in note
-    else:  # the snippet then runs on the export the TFLiteExporter made
+    else:  # the snippet then runs on the export the Exporter made
         assert not (folder / shipped).exists()
         assert "model_int8.tflite: NOT shipped: the int8 model's" in note
     snippet = (f'      it = tf.lite.Interpreter("{shipped}")\n'
@@ -141,7 +142,7 @@ def test_a_version_holds_the_saved_model_the_int8_model_or_why_not_and_the_card(
             "face_uint8 = np.zeros((1, 48, 48, 1), np.uint8)\n"
             + textwrap.dedent(snippet) + "print(probabilities.shape, probabilities.sum())\n")
     if not exports["int8"]["shipped"]:
-        code = code.replace(shipped, "runs/TFLiteExporter/1/model_int8.tflite")
+        code = code.replace(shipped, "runs/Exporter/1/model_int8.tflite")
     shape, total = run(folder, [sys.executable, "-c", code]).stdout.split(")")
     assert shape == "(1, 7" and abs(float(total) - 1) < 0.05
     card = json.loads((version / "model_card.json").read_text())
