@@ -73,6 +73,7 @@ def test_training_records_the_batch_norm_gap_and_the_schedule(trained):
     assert trainer.BATCH_STATS_ACCURACY in history[0] and "lr" in history[0]
 
 
+@pytest.mark.slow  # a second training (9 s); whole runs start warm in test_orchestration too
 def test_warm_start_begins_from_the_base_models_weights(examples, trained, tmp_path):
     ingest = IngestConfig.load()
     base, base_dir = trained
