@@ -259,7 +259,7 @@ def steps() -> tuple[Step, ...]:
              inputs={"model": "Trainer", "examples": "ExampleGen",
                      "earlier": "earlier examples", "baseline": "serving model"},
              parameters=lambda c: {"gates": dataclasses.asdict(c.settings.evaluation)}),
-        Step("Exporter", EXPORTED_MODELS, _export_tflite, _say_tflite,
+        Step("Exporter", EXPORTED_MODELS, _export, _say_exports,
              inputs={"model": "Trainer", "examples": "ExampleGen", "evaluation": "Evaluator"},
              parameters=lambda c: {"config": c.settings.deployment.exports,
                                    "parity": c.settings.evaluation.export_parity,
@@ -726,10 +726,10 @@ def _say_evaluation(context: Context, output: Output, baseline: Output | None, *
           for name, n in evaluation["not_judged"].items())])
 
 
-def _export_tflite(context: Context, out: str, model: Output, examples: Output,
-                   evaluation: Output) -> dict:
-    """TensorFlow Lite float32 and int8, each judged against the SavedModel (not made for a
-    model the Evaluator did not bless: it would not be pushed)."""
+def _export(context: Context, out: str, model: Output, examples: Output,
+            evaluation: Output) -> dict:
+    """TensorFlow Lite float32 and int8 and ONNX, each judged against the SavedModel (not made
+    for a model the Evaluator did not bless: it would not be pushed)."""
     from components import exporter
 
     if not evaluation.result["blessed"]:
@@ -742,7 +742,7 @@ def _export_tflite(context: Context, out: str, model: Output, examples: Output,
                                ingest.image_size)
 
 
-def _say_tflite(context: Context, output: Output, **_) -> str:
+def _say_exports(context: Context, output: Output, **_) -> str:
     made = output.result
     if "skipped" in made:
         return f"Exporter: skipped: {made['skipped']}"
@@ -832,7 +832,7 @@ def _say_push(context: Context, output: Output, model: Output, serving: Output |
     if pushed["pushed"]:
         extras = [f"{name} {how}" for name, how in (pushed.get("exports") or {}).items()]
         return (f"Pusher: pushed; now serving version {pushed['version']}: {pushed['path']}"
-                + (f"\n  TFLite: {'; '.join(extras)}" if extras else "")
+                + (f"\n  exports: {'; '.join(extras)}" if extras else "")
                 + (f"\n  model card: {pushed['model_card']}" if pushed.get("model_card")
                    else ""))
     why = (f"not pushed: {pushed['why']}" if pushed.get("refused_by")
