@@ -1,7 +1,7 @@
 """Exporter: the trained model for devices and other runtimes, as TensorFlow Lite in float32 and
 in full-integer int8 and as ONNX (float32, tf2onnx), each scored in its own runtime (the TFLite
-interpreter, onnxruntime) on the test split beside the SavedModel; an export
-ships with the version unless the parity gate holds it back (evaluation.json's export_parity:
+interpreter, onnxruntime) on the test split beside the SavedModel; an export ships with the
+version unless the parity gate holds it back (evaluation.json's export_parity:
 overall, and in each class with at least min_class_examples examples, as the Evaluator judges
 classes). The gate reasons about sample size as the Evaluator's comparison with the serving
 model does: on the same examples, an export is held back when it is behind the SavedModel by
@@ -12,8 +12,9 @@ nothing.
 float32: the CNN as it is (input: raw pixels 0-255 as float32 [1, 48, 48, 1]; output: the 7
 probabilities). int8: every operation in 8-bit integers (TFLITE_BUILTINS_INT8), calibrated on
 `representative_images` training images; input: the raw pixels as uint8 [1, 48, 48, 1] (scale 1,
-zero point 0: exact), output: the probabilities as uint8 (scale 1/256). Both take any batch size
-(resize_tensor_input). The per-image standardisation is part of both models, as of the SavedModel.
+zero point 0: exact), output: the probabilities as uint8 (scale 1/256). onnx: the CNN as it is,
+opset 17 (input "images", float32 [N, 48, 48, 1] raw pixels; output the probabilities). All
+take any batch size. The per-image standardisation is part of each, as of the SavedModel.
 
 Before the int8 conversion the CNN is rewritten into an equivalent one that quantizes well (the
 same answers in float, checked on the calibration images and recorded): batch normalisation here
@@ -29,7 +30,8 @@ data's model: int8 top-1 agreement with the SavedModel went from 72% to 98%, acc
 to 0.85 (the SavedModel's 0.85).
 
 Output layout (output_dir):
-    model_float32.tflite, model_int8.tflite   each export that converted
+    model_float32.tflite, model_int8.tflite,
+    model.onnx                                each export that converted
     exports.json                              per export: size, accuracy overall and per class
                                               against the SavedModel's, agreement, latency, and
                                               whether it ships and why not
@@ -97,7 +99,7 @@ def run(keras_model: str, serving_model: str, examples_dir: str, output_dir: str
 def _export(name, cnn, calibration, images, labels, reference, saved, classes, judged, parity,
             confidence, config, output_dir) -> dict:
     """One export: converted, written, scored and judged (a conversion that fails is recorded
-    as not shipped, with what failed: the other export and the push go on)."""
+    as not shipped, with what failed: the other exports and the push go on)."""
     started = time.perf_counter()
     try:
         model, details = convert(name, cnn, calibration)
