@@ -12,6 +12,8 @@ built-in data's epoch budget on one seed in three (BENCHMARKS.md).
 Keras here is tf_keras (Keras 2, the one TFX and TFMA build on): Keras 3's model.fit fails under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), which scaling out across machines needs.
 """
+import os
+
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow.python.autograph.core import config as _autograph
@@ -57,13 +59,32 @@ class LegacyStandardizeImage(layers.Layer):
         return tf.image.per_image_standardization(images)
 
 
+def save_trained(model: keras.Model, path: str) -> None:
+    """model.keras, made in a local folder and copied to `path` as every artifact is: Keras'
+    own write to object storage left no object there (measured with the GCS emulator)."""
+    import tempfile
+
+    from pipeline import artifacts
+
+    with tempfile.TemporaryDirectory(prefix="fer-keras-") as local:
+        model.save(os.path.join(local, "model.keras"))
+        artifacts.copy_file(os.path.join(local, "model.keras"), path)
+
+
 def load_trained(path: str) -> keras.Model:
-    """A model.keras the Trainer saved, in Keras' safe mode: a layer that carries Python code
-    (a Lambda's marshalled function) is refused, never run. Only the .keras format honours safe
-    mode, so nothing else is read."""
+    """A model.keras the Trainer saved (save_trained; on any filesystem), in Keras' safe mode:
+    a layer that carries Python code (a Lambda's marshalled function) is refused, never run.
+    Only the .keras format honours safe mode, so nothing else is read."""
+    import tempfile
+
+    from pipeline import artifacts
+
     if not str(path).endswith(".keras"):
         raise ValueError(f"not a .keras model file: {path}")
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+    with tempfile.TemporaryDirectory(prefix="fer-keras-") as local:
+        artifacts.copy_file(path, os.path.join(local, "model.keras"))
+        return keras.models.load_model(os.path.join(local, "model.keras"), compile=False,
+                                       safe_mode=True)
 
 
 def build_cnn(image_size: int, num_classes: int, batch_norm_momentum: float = 0.99) -> keras.Model:

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from components.model import build_cnn, compile_cnn
+from components.model import build_cnn, compile_cnn, save_trained
 import pipeline
 from pipeline import artifacts
 from pipeline.artifact_types import MODEL
@@ -122,7 +122,7 @@ def _train(examples_dir, out: str, config, ingest, strategy, distribution: str, 
     if chief and export:
         model = _best_model(trainer_model, _best_weights(out), config, ingest)
         _export(model, MODEL.path(out, "serving_model"), ingest)
-        model.save(MODEL.path(out, "keras"))
+        save_trained(model, MODEL.path(out, "keras"))
     epochs_now = len(history) - initial_epoch
     summary = {
         "examples": str(examples_dir),
