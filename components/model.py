@@ -67,8 +67,9 @@ def save_trained(model: keras.Model, path: str) -> None:
     from pipeline import artifacts
 
     with tempfile.TemporaryDirectory(prefix="fer-keras-") as local:
-        model.save(os.path.join(local, "model.keras"))
-        artifacts.copy_file(os.path.join(local, "model.keras"), path)
+        made = os.path.join(local, os.path.basename(str(path)))
+        model.save(made)
+        artifacts.copy_file(made, path)
 
 
 def load_trained(path: str) -> keras.Model:
@@ -82,9 +83,9 @@ def load_trained(path: str) -> keras.Model:
     if not str(path).endswith(".keras"):
         raise ValueError(f"not a .keras model file: {path}")
     with tempfile.TemporaryDirectory(prefix="fer-keras-") as local:
-        artifacts.copy_file(path, os.path.join(local, "model.keras"))
-        return keras.models.load_model(os.path.join(local, "model.keras"), compile=False,
-                                       safe_mode=True)
+        copy = os.path.join(local, os.path.basename(str(path)))
+        artifacts.copy_file(path, copy)
+        return keras.models.load_model(copy, compile=False, safe_mode=True)
 
 
 def build_cnn(image_size: int, num_classes: int, batch_norm_momentum: float = 0.99) -> keras.Model:
