@@ -726,6 +726,10 @@ def _say_evaluation(context: Context, output: Output, baseline: Output | None, *
           for name, n in evaluation["not_judged"].items())])
 
 
+# What the Exporter and the InfraValidator record for a model the Evaluator did not bless.
+_NOT_FOR_AN_UNBLESSED_MODEL = {"skipped": "the Evaluator did not bless the model"}
+
+
 def _export(context: Context, out: str, model: Output, examples: Output,
             evaluation: Output) -> dict:
     """TensorFlow Lite float32 and int8 and ONNX, each judged against the SavedModel (not made
@@ -733,13 +737,12 @@ def _export(context: Context, out: str, model: Output, examples: Output,
     from components import exporter
 
     if not evaluation.result["blessed"]:
-        return {"skipped": "the Evaluator did not bless the model"}
+        return dict(_NOT_FOR_AN_UNBLESSED_MODEL)
     gates, ingest = context.settings.evaluation, context.settings.ingest
     return exporter.run(MODEL.path(model.uri, "keras"), model.result["serving_model"],
-                               examples.uri, out, context.settings.deployment.exports,
-                               gates.export_parity, gates.confidence, ingest.classes,
-                               gates.split, gates.min_class_examples, ingest.train_split,
-                               ingest.image_size)
+                        examples.uri, out, context.settings.deployment.exports,
+                        gates.export_parity, gates.confidence, ingest.classes, gates.split,
+                        gates.min_class_examples, ingest.train_split, ingest.image_size)
 
 
 def _say_exports(context: Context, output: Output, **_) -> str:
@@ -774,7 +777,7 @@ def _infra_validate(context: Context, out: str, model: Output, examples: Output,
     from components import infra_validator
 
     if not evaluation.result["blessed"]:
-        return {"skipped": "the Evaluator did not bless the model"}
+        return dict(_NOT_FOR_AN_UNBLESSED_MODEL)
     ingest = context.settings.ingest
     return infra_validator.run(model.result["serving_model"], MODEL.path(model.uri, "keras"),
                                examples.uri, out, context.settings.deployment.infra_validation,
